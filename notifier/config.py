@@ -1,0 +1,272 @@
+"""Configuration: a TOML file, overridden by ``DENTALLY_NOTIFIER_*`` environment variables.
+
+Unknown keys are errors (a typo must never pass silently), and every error names the key:
+``practices[0] (main).region: Input should be 'uk', 'roi', ...``. Secrets may be inline,
+in an environment variable or in a file (systemd credentials); they are held as
+``SecretStr`` so that printing a config never shows them, and read from their source each
+time they are needed, so a rotated key file is picked up on reload.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from notifier.core import resources
+from notifier.errors import ConfigError
+
+DEFAULT_PATH = "/etc/dentally-notifier/config.toml"
+ENV_PREFIX = "DENTALLY_NOTIFIER_"
+
+REGIONS: dict[str, str] = {
+    "uk": "https://api.dentally.co",
+    "roi": "https://api.dentally.co",
+    "au": "https://api.apac.dentally.com",
+    "nz": "https://api.apac.dentally.com",
+    "ca": "https://api.ca.dentally.com",
+    "sandbox": "https://api.sandbox.dentally.co",
+}
+
+Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
+Seconds = Annotated[float, Field(gt=0)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _read_secret(inline: SecretStr | None, env: str | None, file: Path | None,
+                 what: str) -> str:
+    """The secret from exactly one of its three sources; ConfigError names the problem."""
+    if inline is not None:
+        return inline.get_secret_value()
+    if env is not None:
+        value = os.environ.get(env)
+        if not value:
+            raise ConfigError(f"{what}: environment variable {env} is not set")
+        return value.strip()
+    if file is not None:
+        try:
+            value = file.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"{what}: cannot read {file}: {exc.strerror}") from None
+        if not value:
+            raise ConfigError(f"{what}: {file} is empty")
+        return value
+    raise ConfigError(f"{what}: no secret configured")
+
+
+class RedisConfig(_Strict):
+    url: str = "redis://127.0.0.1:6379/0"
+    stream: str = "dentally:events"
+    prefix: str = Field(default="dentally-notifier", min_length=1)
+    retention: Seconds = 604_800
+
+
+class PracticeConfig(_Strict):
+    name: Name
+    region: Literal["uk", "roi", "au", "nz", "ca", "sandbox"] = "uk"
+    base_url: str | None = None
+    api_key: SecretStr | None = None
+    api_key_env: str | None = None
+    api_key_file: Path | None = None
+    resources: list[str] = Field(default_factory=lambda: list(resources.DEFAULT_RESOURCES))
+    poll_interval: Seconds | None = None
+    intervals: dict[str, Seconds] = Field(default_factory=dict)
+    initial_sync: Literal["seed", "emit"] = "seed"
+    max_requests_per_hour: Annotated[int, Field(ge=1, le=3600)] = 1800
+    keepalive_interval: Seconds = 21_600
+    reconcile_interval: Seconds = 86_400
+    overlap: Annotated[float, Field(ge=0)] = 60.0
+    per_page: Annotated[int, Field(ge=1, le=100)] = 100
+    window_rows: Annotated[int, Field(ge=100)] = 2000
+    timeout: Seconds = 30.0
+
+    @field_validator("resources")
+    @classmethod
+    def _known_resources(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if name not in resources.RESOURCES:
+                known = ", ".join(sorted(resources.RESOURCES))
+                raise ValueError(f"unknown resource {name!r} (known: {known})")
+        if len(set(value)) != len(value):
+            raise ValueError("a resource is listed twice")
+        return value
+
+    @field_validator("intervals")
+    @classmethod
+    def _known_intervals(cls, value: dict[str, float]) -> dict[str, float]:
+        for name in value:
+            if name not in resources.RESOURCES:
+                raise ValueError(f"unknown resource {name!r}")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/") if value else value
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> PracticeConfig:
+        given = [n for n in ("api_key", "api_key_env", "api_key_file")
+                 if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("set exactly one of api_key_env, api_key_file, api_key"
+                             + (f" (got {', '.join(given)})" if given else ""))
+        return self
+
+    @property
+    def url(self) -> str:
+        return self.base_url or REGIONS[self.region]
+
+    def interval(self, resource: str) -> float:
+        if resource in self.intervals:
+            return self.intervals[resource]
+        if self.poll_interval is not None:
+            return self.poll_interval
+        return resources.get(resource).interval
+
+    def api_key_value(self) -> str:
+        return _read_secret(self.api_key, self.api_key_env, self.api_key_file,
+                            f"practice {self.name!r} API key")
+
+
+class SubscriberConfig(_Strict):
+    name: Name
+    url: str
+    secret: SecretStr | None = None
+    secrets: list[SecretStr] | None = None
+    secret_env: str | None = None
+    secret_file: Path | None = None
+    events: list[str] = Field(default_factory=lambda: ["*"])
+    start: Literal["now", "beginning"] = "now"
+    retry_schedule: list[Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000])
+    timeout: Seconds = 15
+    max_in_flight: Annotated[int, Field(ge=1, le=1000)] = 8
+    max_per_second: Seconds | None = None
+    ordering: Literal["none", "per_record"] = "none"
+    allow_private: bool = False
+    disable_after: Seconds = 432_000
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @model_validator(mode="after")
+    def _one_secret_source(self) -> SubscriberConfig:
+        given = [n for n in ("secret", "secrets", "secret_env", "secret_file")
+                 if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("set exactly one of secret, secrets, secret_env, secret_file")
+        return self
+
+
+class MetricsConfig(_Strict):
+    listen: str | None = None
+
+
+class LogConfig(_Strict):
+    format: Literal["auto", "json", "text"] = "auto"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class Settings(BaseSettings):
+    """The whole configuration. Environment variables override the file."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__",
+                                      extra="forbid")
+
+    redis: RedisConfig = Field(default_factory=RedisConfig)
+    practices: list[PracticeConfig] = Field(default_factory=list)
+    subscribers: list[SubscriberConfig] = Field(default_factory=list)
+    metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    log: LogConfig = Field(default_factory=LogConfig)
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's contents arrive as init arguments; the environment wins over them.
+        return env_settings, init_settings
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Settings:
+        for what, items in (("practices", self.practices), ("subscribers", self.subscribers)):
+            names = [i.name for i in items]
+            for name in names:
+                if names.count(name) > 1:
+                    raise ValueError(f"{what}: name {name!r} is used twice")
+        return self
+
+
+def _where(loc: tuple[int | str, ...], data: Any) -> str:
+    """``practices[0] (main).region`` from a pydantic error location."""
+    out = ""
+    node = data
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            try:
+                node = node[part]
+                if isinstance(node, dict) and "name" in node:
+                    out += f" ({node['name']})"
+            except (IndexError, KeyError, TypeError):
+                node = None
+        else:
+            out += ("." if out else "") + part
+            node = node.get(part) if isinstance(node, dict) else None
+    return out or "config"
+
+
+def parse(data: dict[str, Any], source: str = "config") -> Settings:
+    """Validate ``data`` (the parsed TOML); ConfigError names every offending key."""
+    try:
+        return Settings(**data)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(p for p in err["loc"] if p not in ("function-after",))
+            lines.append(f"{_where(loc, data)}: {err['msg']}")
+        raise ConfigError(f"invalid configuration in {source}:\n  " + "\n  ".join(lines)) \
+            from None
+
+
+def config_path(explicit: str | None) -> Path:
+    return Path(explicit or os.environ.get(ENV_PREFIX + "CONFIG") or DEFAULT_PATH)
+
+
+def load(path: Path) -> Settings:
+    """Read, parse and validate the file at ``path``, including that every secret resolves."""
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from None
+    settings = parse(data, str(path))
+    for practice in settings.practices:
+        practice.api_key_value()
+    return settings

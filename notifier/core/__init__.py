@@ -1,0 +1,1 @@
+"""Pure decisions: no IO, no clock reads. Time is always passed in."""

@@ -1,0 +1,89 @@
+"""The event envelope, deterministic event ids and the stream entry fields.
+
+The envelope is the contract of PRODUCT.md, identical in the Redis stream and in webhook
+bodies. Its ``id`` is derived from what changed, never from when we noticed, so the same
+change of the same record gets the same id across restarts and re-reads.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from notifier.core.diff import Kind
+from notifier.core.resources import get as get_resource
+from notifier.core.timefmt import format_us
+
+
+def canonical(value: Any) -> bytes:
+    """Compact JSON with sorted keys: equal records give equal bytes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def event_id(*parts: str | bytes) -> str:
+    """``evt_`` and 26 base32 characters of a SHA-256 over ``parts`` (130 bits)."""
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part.encode() if isinstance(part, str) else part)
+        h.update(b"\x1f")
+    return "evt_" + base64.b32encode(h.digest()).decode().lower()[:26]
+
+
+def record_event_id(practice: str, resource: str, record_id: str, kind: Kind,
+                    record_bytes: bytes) -> str:
+    """The id of one change of one record: same change, same id."""
+    digest = hashlib.sha256(record_bytes).digest()
+    return event_id(practice, resource, record_id, kind, digest)
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str
+    type: str
+    practice: str
+    resource: str
+    record_id: str
+    payload: bytes
+    """The JSON envelope, exactly as stored and sent."""
+
+    def stream_fields(self) -> dict[str, str | bytes]:
+        return {"id": self.id, "type": self.type, "practice": self.practice,
+                "resource": self.resource, "record_id": self.record_id,
+                "payload": self.payload}
+
+
+def record_event(practice: str, resource: str, kind: Kind, record: Mapping[str, Any],
+                 now: datetime, changes: Mapping[str, Any] | None = None,
+                 record_bytes: bytes | None = None) -> Event:
+    """``<singular>.<kind>`` for ``record``; ``record_bytes`` is its canonical JSON if known."""
+    record_id = str(record["id"])
+    body = canonical(record) if record_bytes is None else record_bytes
+    eid = record_event_id(practice, resource, record_id, kind, body)
+    etype = f"{get_resource(resource).singular}.{kind}"
+    data: dict[str, Any] = {
+        "practice": practice,
+        "resource": resource,
+        "record_id": record_id,
+        "updated_at": record.get("updated_at"),
+    }
+    if kind == "updated":
+        data["changes"] = dict(changes or {})
+    data["record"] = record
+    envelope = {"id": eid, "type": etype, "timestamp": format_us(now), "data": data}
+    payload = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
+    return Event(eid, etype, practice, resource, record_id, payload)
+
+
+def notifier_event(type_: str, practice: str, data: Mapping[str, Any], now: datetime,
+                   *identity: str) -> Event:
+    """A ``notifier.*`` event; ``identity`` makes its id deterministic (e.g. the incident)."""
+    eid = event_id(type_, practice, *identity)
+    envelope = {"id": eid, "type": type_, "timestamp": format_us(now),
+                "data": {"practice": practice, **data}}
+    payload = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
+    return Event(eid, type_, practice, "", "", payload)

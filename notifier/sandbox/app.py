@@ -1,0 +1,301 @@
+"""The sandbox's HTTP face: Dentally's ``/v1`` API and a ``/_sandbox`` control API.
+
+API requests pass the same gates as the real service, in its order: User-Agent, Bearer
+key (unknown, revoked or idle-expired: 401), the fixed-window rate budget (403 or 429 at
+zero), injected failures, then scopes (403) and the handler. Every API response carries
+``x-ratelimit-*`` headers and a ``Date`` from the sandbox's clock, which tests may move.
+"""
+
+from __future__ import annotations
+
+import json
+from email.utils import formatdate
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from notifier.core.timefmt import parse_ms
+from notifier.sandbox.state import INT_IDS, Key, Sandbox
+
+SINGULAR = {"patients": "patient", "appointments": "appointment", "invoices": "invoice",
+            "payments": "payment", "sites": "site"}
+EXCLUDED_STATES = frozenset({"Cancelled", "Did not attend"})
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json.dumps(body, separators=(",", ":")).encode(), status_code=status,
+                    media_type="application/json", headers=headers)
+
+
+def _error(status: int, kind: str, message: str, headers: dict[str, str] | None = None
+           ) -> Response:
+    return _json({"error": {"type": kind, "message": message}}, status, headers)
+
+
+class _Reject(Exception):
+    def __init__(self, response: Response) -> None:
+        self.response = response
+
+
+def build_app(sb: Sandbox) -> Starlette:
+    """The ASGI application serving ``sb``."""
+
+    def date_header() -> str:
+        return formatdate(sb.clock.now_ms() / 1000, usegmt=True)
+
+    async def gate(request: Request) -> tuple[Key, dict[str, str]]:
+        q = sb.quirks
+        if q.latency:
+            await anyio.sleep(q.latency)
+        base = {"date": date_header()}
+        if not request.headers.get("user-agent"):
+            raise _Reject(_error(403, "forbidden", "A User-Agent header is required", base))
+        auth = request.headers.get("authorization", "")
+        token = auth[7:] if auth.lower().startswith("bearer ") else ""
+        key = sb.keys.get(token)
+        now = sb.clock.now_ms()
+        if key is None or key.revoked:
+            raise _Reject(_error(401, "unauthorized", "Invalid or revoked API key", base))
+        if key.last_used_ms is not None and now - key.last_used_ms > q.key_idle_expiry * 1000:
+            raise _Reject(_error(401, "unauthorized", "API key has expired", base))
+        allowed, remaining, reset = sb.spend(key.user_id)
+        headers = {**base, "x-ratelimit-limit": str(q.rate_limit),
+                   "x-ratelimit-remaining": str(remaining), "x-ratelimit-reset": str(reset)}
+        if not allowed:
+            if q.rate_limit_status == 429:
+                retry = str(max(1, reset - now // 1000))
+                raise _Reject(_error(429, "rate_limited", "Rate limit exceeded",
+                                     {**headers, "retry-after": retry}))
+            raise _Reject(_error(403, "forbidden", "Rate limit exceeded", headers))
+        key.last_used_ms = now
+        sb.requests[token] = sb.requests.get(token, 0) + 1
+        sb.requests_total += 1
+        if q.fail_next:
+            status = q.fail_next.pop(0)
+            raise _Reject(_error(status, "error", "Injected failure", headers))
+        if q.error_rate and sb.rng.random() < q.error_rate:
+            raise _Reject(_error(503, "unavailable", "Service temporarily unavailable",
+                                 headers))
+        return key, headers
+
+    async def user(request: Request) -> Response:
+        try:
+            key, headers = await gate(request)
+        except _Reject as r:
+            return r.response
+        return _json({"user": {"id": key.user_id, "first_name": "Sandbox",
+                               "last_name": "User", "email": "sandbox@example.com",
+                               "role": "Practice Manager"}}, headers=headers)
+
+    async def listing(request: Request) -> Response:
+        resource = request.path_params["resource"]
+        if resource not in INT_IDS:
+            return _error(404, "not_found", f"Unknown resource {resource}",
+                          {"date": date_header()})
+        try:
+            key, headers = await gate(request)
+            if not key.allows(resource):
+                raise _Reject(_error(403, "forbidden", f"Key lacks scope {resource}:read",
+                                     headers))
+            return _list(request, resource, headers)
+        except _Reject as r:
+            return r.response
+
+    def _int(request: Request, name: str, default: int, headers: dict[str, str]) -> int:
+        raw = request.query_params.get(name)
+        if raw is None:
+            return default
+        try:
+            return int(raw)
+        except ValueError:
+            raise _Reject(_error(400, "bad_request", f"{name} must be an integer",
+                                 headers)) from None
+
+    def _time(request: Request, name: str, headers: dict[str, str]) -> int | None:
+        raw = request.query_params.get(name)
+        if raw is None:
+            return None
+        try:
+            return parse_ms(raw)
+        except ValueError:
+            raise _Reject(_error(400, "bad_request", f"{name} is not a valid time",
+                                 headers)) from None
+
+    def _list(request: Request, resource: str, headers: dict[str, str]) -> Response:
+        q = sb.quirks
+        page = max(1, _int(request, "page", 1, headers))
+        per_page = _int(request, "per_page", 25, headers)
+        if per_page > 100 or per_page < 1:
+            per_page = 25
+        after = _time(request, "updated_after", headers)
+        before = None if resource == "appointments" else _time(request, "updated_before",
+                                                                 headers)
+        order = request.query_params.get("sort_by", q.order)
+        if order not in ("id", "updated_at"):
+            order = "id"
+        descending = request.query_params.get("sort_direction") == "desc"
+        keep = None
+        if resource == "appointments" and request.query_params.get("cancelled") != "true":
+            def keep(row: dict[str, Any]) -> bool:
+                return row.get("state") not in EXCLUDED_STATES
+        offset = (page - 1) * per_page
+        if q.deep_page_limit is not None and offset >= q.deep_page_limit:
+            raise _Reject(_error(413, "payload_too_large", "Page too deep", headers))
+        table = sb.tables[resource]
+        ids = table.query(after, before, order, descending, keep)
+        chunk = ids[offset:offset + per_page]
+        if q.unstable_rate and chunk:
+            chunk = list(chunk)
+            following = ids[offset + per_page:offset + 2 * per_page]
+            for i in range(min(len(chunk), len(following))):
+                if sb.rng.random() < q.unstable_rate:
+                    # The last rows of this page and the first of the next trade places.
+                    chunk[-1 - i] = following[i]
+        rows = [table.rows[i] for i in chunk]
+        total = len(ids)
+        meta = {"total_count": total, "current_page": page,
+                # Dentally's total_pages is unreliable; the sandbox's is too.
+                "total_pages": max(1, -(-total // 25))}
+        return _json({resource: rows, "meta": meta}, headers=headers)
+
+    async def single(request: Request) -> Response:
+        resource = request.path_params["resource"]
+        if resource not in INT_IDS:
+            return _error(404, "not_found", f"Unknown resource {resource}",
+                          {"date": date_header()})
+        try:
+            key, headers = await gate(request)
+            if not key.allows(resource):
+                raise _Reject(_error(403, "forbidden", f"Key lacks scope {resource}:read",
+                                     headers))
+        except _Reject as r:
+            return r.response
+        row = sb.tables[resource].rows.get(request.path_params["id"])
+        if row is None:
+            return _error(404, "not_found", "Record not found", headers)
+        return _json({SINGULAR[resource]: row}, headers=headers)
+
+    # -- control API --------------------------------------------------------------------
+    async def body(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        data = json.loads(raw) if raw else {}
+        if not isinstance(data, dict):
+            raise ValueError("body must be a JSON object")
+        return data
+
+    def known(resource: str) -> None:
+        if resource not in INT_IDS:
+            raise _Reject(_error(404, "not_found", f"Unknown resource {resource}"))
+
+    async def control(request: Request) -> Response:
+        try:
+            return await _control(request)
+        except _Reject as r:
+            return r.response
+        except (ValueError, KeyError, TypeError) as exc:
+            return _error(400, "bad_request", f"{type(exc).__name__}: {exc}")
+
+    async def _control(request: Request) -> Response:
+        parts = [p for p in request.url.path.split("/") if p][1:]
+        method = request.method
+        data = await body(request) if method in ("POST", "PATCH", "PUT") else {}
+        if parts == ["reset"] and method == "POST":
+            for name in list(sb.tables):
+                sb.tables[name] = type(sb.tables[name])(name)
+            sb.windows.clear()
+            sb.requests.clear()
+            return _json({"ok": True})
+        if parts == ["clock"]:
+            c = sb.clock
+            if "offset_ms" in data:
+                c.offset_ms = int(data["offset_ms"])
+            if "advance_ms" in data:
+                if c.frozen_ms is not None:
+                    c.frozen_ms += int(data["advance_ms"])
+                else:
+                    c.offset_ms += int(data["advance_ms"])
+            if "freeze_ms" in data:
+                c.frozen_ms = None if data["freeze_ms"] is None else int(data["freeze_ms"])
+            return _json({"now_ms": c.now_ms(), "offset_ms": c.offset_ms,
+                          "frozen_ms": c.frozen_ms})
+        if parts == ["quirks"]:
+            if method == "POST":
+                sb.quirks.update(data)
+            return _json({k: getattr(sb.quirks, k) for k in sb.quirks.__dataclass_fields__})
+        if parts == ["stats"]:
+            return _json({"requests": sb.requests, "total": sb.requests_total,
+                          "now_ms": sb.clock.now_ms()})
+        if parts and parts[0] == "keys":
+            if len(parts) == 1 and method == "POST":
+                k = sb.add_key(str(data["token"]), data.get("scopes"),
+                               int(data.get("user_id", 1)))
+                return _json({"token": k.token, "scopes": sorted(k.scopes)})
+            if len(parts) == 3:
+                key = sb.keys.get(parts[1])
+                if key is None:
+                    return _error(404, "not_found", "Unknown key")
+                if parts[2] == "revoke":
+                    key.revoked = True
+                elif parts[2] == "restore":
+                    key.revoked = False
+                elif parts[2] == "idle":
+                    key.last_used_ms = sb.clock.now_ms() - int(float(data["seconds"]) * 1000)
+                elif parts[2] == "scopes":
+                    key.scopes = set(data["scopes"])
+                else:
+                    return _error(404, "not_found", "Unknown key action")
+                return _json({"token": key.token, "revoked": key.revoked,
+                              "last_used_ms": key.last_used_ms})
+        if parts and parts[0] == "records" and len(parts) >= 2:
+            resource = parts[1]
+            known(resource)
+            if len(parts) == 2 and method == "GET":
+                return _json({"records": list(sb.tables[resource].rows.values())})
+            if len(parts) == 2 and method == "POST":
+                at = data.get("at_ms")
+                if "count" in data:
+                    ids = sb.seed(resource, int(data["count"]),
+                                  float(data.get("spread_days", 0)))
+                    if at is not None:
+                        for i in ids:
+                            row = sb.tables[resource].rows[i]
+                            stamp = sb.stamp(int(at))
+                            row.update(created_at=stamp, updated_at=stamp)
+                            sb.tables[resource].put(i, row, int(at))
+                    return _json({"ids": ids})
+                records = data.get("records") or [data.get("record") or {}]
+                made = [sb.create(resource, r, None if at is None else int(at))
+                        for r in records]
+                return _json({"ids": [str(r["id"]) for r in made], "records": made})
+            if len(parts) == 3 and parts[2] == "mutate" and method == "POST":
+                table = sb.tables[resource]
+                chosen = data.get("ids") or sb.rng.sample(
+                    sorted(table.rows), min(int(data.get("count", 1)), len(table.rows)))
+                done = [sb.update(resource, str(i)) for i in chosen]
+                return _json({"ids": [str(r["id"]) for r in done if r is not None]})
+            if len(parts) == 3:
+                record_id = parts[2]
+                if method == "GET":
+                    row = sb.tables[resource].rows.get(record_id)
+                    return _json({"record": row}) if row else _error(404, "not_found", "gone")
+                if method == "PATCH":
+                    at = data.pop("at_ms", None)
+                    row = sb.update(resource, record_id, data or None,
+                                    None if at is None else int(at))
+                    return _json({"record": row}) if row else _error(404, "not_found", "gone")
+                if method == "DELETE":
+                    ok = sb.delete(resource, record_id)
+                    return _json({"deleted": ok}, 200 if ok else 404)
+        return _error(404, "not_found", f"No control endpoint {method} {request.url.path}")
+
+    routes = [
+        Route("/v1/user", user, methods=["GET"]),
+        Route("/v1/{resource}", listing, methods=["GET"]),
+        Route("/v1/{resource}/{id}", single, methods=["GET"]),
+        Route("/_sandbox/{rest:path}", control, methods=["GET", "POST", "PATCH", "DELETE"]),
+    ]
+    return Starlette(routes=routes)

@@ -1,0 +1,142 @@
+"""The Redis adapter: progress, snapshots and the atomic commit of a page.
+
+One Lua script applies a page: it writes the snapshots, appends the events to the stream
+and stores the new progress (cursor, pending windows) together, so a crash at any instant
+leaves either all of a page or none of it. Each call carries a fresh token that the
+script stores with the progress: redis-py retries a command whose reply was lost, and the
+retry then finds its own token and applies nothing twice.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+
+from notifier.core.cursor import Progress, Window
+from notifier.errors import StoreError
+from notifier.events import Event
+from notifier.store.codec import Codec
+from notifier.store.keys import Keys
+
+COMMIT = """
+if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then return 0 end
+local i = 2
+local n = tonumber(ARGV[i]); i = i + 1
+if n > 0 then
+  local args = {}
+  for j = 1, 2 * n do args[j] = ARGV[i + j - 1] end
+  redis.call('HSET', KEYS[2], unpack(args))
+  i = i + 2 * n
+end
+n = tonumber(ARGV[i]); i = i + 1
+if n > 0 then
+  local args = {}
+  for j = 1, n do args[j] = ARGV[i + j - 1] end
+  redis.call('HDEL', KEYS[2], unpack(args))
+  i = i + n
+end
+n = tonumber(ARGV[i]); i = i + 1
+for j = 1, n do
+  redis.call('XADD', KEYS[3], '*', 'id', ARGV[i], 'type', ARGV[i + 1],
+             'practice', ARGV[i + 2], 'resource', ARGV[i + 3],
+             'record_id', ARGV[i + 4], 'payload', ARGV[i + 5])
+  i = i + 6
+end
+n = tonumber(ARGV[i]); i = i + 1
+local args = {'token', ARGV[1]}
+for j = 1, 2 * n do args[#args + 1] = ARGV[i + j - 1] end
+redis.call('HSET', KEYS[1], unpack(args))
+i = i + 2 * n
+if ARGV[i] ~= '' then redis.call('SET', KEYS[4], ARGV[i], 'NX') end
+return 1
+"""
+
+
+def progress_fields(p: Progress) -> dict[str, str]:
+    return {
+        "cursor": "" if p.cursor is None else str(p.cursor),
+        "windows": json.dumps([[w.lo, w.hi] for w in p.windows]),
+        "page": str(p.page),
+        "tries": str(p.tries),
+        "count0": "" if p.count0 is None else str(p.count0),
+        "synced": "1" if p.synced else "0",
+    }
+
+
+def parse_progress(raw: Mapping[bytes, bytes]) -> Progress:
+    f = {k.decode(): v.decode() for k, v in raw.items()}
+    if not f.get("windows") and not f.get("cursor"):
+        return Progress(synced=f.get("synced") == "1")
+    try:
+        windows = tuple(Window(lo, hi) for lo, hi in json.loads(f.get("windows") or "[]"))
+        return Progress(
+            cursor=int(f["cursor"]) if f.get("cursor") else None,
+            windows=windows,
+            page=int(f.get("page") or 1),
+            tries=int(f.get("tries") or 0),
+            count0=int(f["count0"]) if f.get("count0") else None,
+            synced=f.get("synced") == "1",
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        raise StoreError(f"cursor state is corrupt: {exc}") from None
+
+
+class Store:
+    """The notifier's Redis state for every practice. One per process."""
+
+    def __init__(self, redis: Redis, keys: Keys, stream: str) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.stream = stream
+        self._commit = redis.register_script(COMMIT)
+        self._codecs: dict[tuple[str, str], Codec] = {}
+
+    async def progress(self, practice: str, resource: str) -> Progress:
+        return parse_progress(await self.redis.hgetall(self.keys.cursor(practice, resource)))
+
+    async def codec(self, practice: str, resource: str) -> Codec:
+        codec = self._codecs.get((practice, resource))
+        if codec is None:
+            zdict = await self.redis.get(self.keys.zdict(practice, resource))
+            codec = Codec(zdict)
+            self._codecs[(practice, resource)] = codec
+        return codec
+
+    async def snapshots(self, practice: str, resource: str,
+                        ids: Sequence[str]) -> list[bytes | None]:
+        if not ids:
+            return []
+        return list(await self.redis.hmget(self.keys.snapshots(practice, resource), ids))
+
+    async def commit(self, practice: str, resource: str, *, progress: Progress,
+                     snapshots: Mapping[str, bytes] | None = None,
+                     deletes: Sequence[str] = (), events: Sequence[Event] = (),
+                     zdict: bytes | None = None,
+                     status: Mapping[str, str] | None = None) -> bool:
+        """Apply one page atomically. False if this very call had already been applied."""
+        snaps = snapshots or {}
+        fields = {**progress_fields(progress), **(status or {})}
+        args: list[Any] = [uuid.uuid4().hex, len(snaps)]
+        for rid, blob in snaps.items():
+            args += [rid, blob]
+        args.append(len(deletes))
+        args += list(deletes)
+        args.append(len(events))
+        for e in events:
+            args += [e.id, e.type, e.practice, e.resource, e.record_id, e.payload]
+        args.append(len(fields))
+        for k, v in fields.items():
+            args += [k, v]
+        args.append(zdict or b"")
+        keys = [self.keys.cursor(practice, resource), self.keys.snapshots(practice, resource),
+                self.stream, self.keys.zdict(practice, resource)]
+        applied = await self._commit(keys=keys, args=args)
+        return bool(applied)
+
+    async def note(self, practice: str, resource: str, **fields: str) -> None:
+        """Status fields outside a commit (last poll time, last error)."""
+        await self.redis.hset(self.keys.cursor(practice, resource), mapping=fields)
