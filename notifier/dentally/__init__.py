@@ -1,0 +1,1 @@
+"""The Dentally API adapter."""

@@ -1,0 +1,1 @@
+"""Long-running tasks that join the adapters to the core decisions."""

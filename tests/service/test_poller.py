@@ -1,0 +1,57 @@
+"""The poller against the sandbox and a real Redis, in-process."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from notifier.core import resources
+from notifier.core.cursor import Policy
+from notifier.dentally.client import DentallyClient
+from notifier.sandbox.control import SandboxControl
+from notifier.sandbox.server import SandboxThread
+from notifier.service.poller import ResourcePoller
+from notifier.store.redis import Store
+from tests.helpers import stream_events
+
+
+def make_poller(store: Store, sandbox: SandboxThread, resource: str = "patients",
+                initial_sync: str = "emit", **policy: int) -> ResourcePoller:
+    client = DentallyClient(sandbox.url, sandbox.key or "")
+    return ResourcePoller(store, client, "main", resources.get(resource),
+                          Policy(**policy), initial_sync=initial_sync)
+
+
+async def test_backfill_then_updates_publish_one_event_each(
+        store: Store, sandbox: SandboxThread, control: SandboxControl) -> None:
+    await control.seed("patients", 250, spread_days=30)
+    poller = make_poller(store, sandbox)
+    assert await poller.poll_once() == 250
+    events = await stream_events(store.redis, store.stream)
+    assert Counter(e["type"] for e in events) == {"patient.created": 250}
+    assert len({e["data"]["record_id"] for e in events}) == 250
+
+    changed = await control.mutate("patients", count=7)
+    assert await poller.poll_once() == 7
+    assert await poller.poll_once() == 0
+    events = await stream_events(store.redis, store.stream)
+    updates = [e for e in events if e["type"] == "patient.updated"]
+    assert sorted(e["data"]["record_id"] for e in updates) == sorted(changed)
+    for e in updates:
+        assert e["data"]["changes"]
+        for field, (old, new) in e["data"]["changes"].items():
+            assert e["data"]["record"][field] == new and old != new
+    await poller.client.aclose()
+
+
+async def test_seed_mode_is_silent_then_publishes_new_records(
+        store: Store, sandbox: SandboxThread, control: SandboxControl) -> None:
+    await control.seed("patients", 120, spread_days=5)
+    poller = make_poller(store, sandbox, initial_sync="seed")
+    assert await poller.poll_once() == 0
+    created = await control.create("patients", first_name="Nia")
+    assert await poller.poll_once() == 1
+    (event,) = await stream_events(store.redis, store.stream)
+    assert event["type"] == "patient.created"
+    assert event["data"]["record_id"] == str(created["id"])
+    assert event["data"]["record"]["first_name"] == "Nia"
+    await poller.client.aclose()
