@@ -31,4 +31,4 @@ class ServerClock:
         """The server's time in ms at monotonic time ``mono``; None before any response."""
         if self._date_ms is None:
             return None
-        return self._date_ms + int((mono - self._mono) * 1000)
+        return self._date_ms + round((mono - self._mono) * 1000)

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from notifier.events import canonical
+from notifier.sandbox.state import Sandbox
+from notifier.store.codec import LEARN_MIN, Codec, learn
+
+
+def records(n: int, seed: int = 3) -> list[bytes]:
+    sb = Sandbox(seed=seed)
+    ids = sb.seed("patients", n, 100)
+    return [canonical(sb.tables["patients"].rows[i]) for i in ids]
+
+
+def test_learned_dictionary_makes_snapshots_small() -> None:
+    train, test = records(40, 1), records(200, 2)
+    codec = Codec(learn(train))
+    sizes = [len(codec.encode(r)) for r in test]
+    raw = sum(map(len, test))
+    assert sum(sizes) / raw < 0.25
+    assert all(codec.decode_bytes(codec.encode(r)) == r for r in test)
+
+
+def test_blobs_need_their_dictionary() -> None:
+    zdict = learn(records(LEARN_MIN))
+    assert zdict is not None
+    blob = Codec(zdict).encode(records(1, 9)[0])
+    with pytest.raises(ValueError, match="dictionary"):
+        Codec().decode_bytes(blob)
+    assert Codec(zdict).decode(blob)["id"]
+
+
+def test_too_few_samples_learn_nothing_and_static_still_works() -> None:
+    assert learn(records(LEARN_MIN - 1)) is None
+    codec = Codec()
+    r = records(1)[0]
+    blob = codec.encode(r)
+    assert blob[:1] == b"\x01" and len(blob) < len(r)
+    assert codec.decode_bytes(blob) == r
+
+
+@settings(deadline=None)
+@given(st.dictionaries(st.text(max_size=8), st.text(max_size=20), max_size=5))
+def test_round_trip_any_record(value: dict[str, str]) -> None:
+    raw = json.dumps(value, sort_keys=True).encode()
+    for codec in (Codec(), Codec(learn(records(LEARN_MIN)))):
+        assert codec.decode_bytes(codec.encode(raw)) == raw
+
+
+def test_unknown_format_is_an_error() -> None:
+    with pytest.raises(ValueError, match="unknown snapshot format"):
+        Codec().decode_bytes(b"\x09abc")
