@@ -1,0 +1,132 @@
+"""The client's error handling, with httpx.MockTransport (no server needed)."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+from notifier.core import resources
+from notifier.dentally.client import USER_AGENT, DentallyClient
+from notifier.errors import (
+    AuthError,
+    BadRequest,
+    MalformedResponse,
+    NotFound,
+    PageTooDeep,
+    RateLimited,
+    ScopeError,
+    TransientError,
+)
+
+KEY = "sk_live_very_secret_key"
+DATE = "Fri, 27 Nov 2026 15:00:00 GMT"
+
+
+def client(handler, **kw) -> DentallyClient:  # type: ignore[no-untyped-def]
+    return DentallyClient("https://api.example.test", KEY,
+                          transport=httpx.MockTransport(handler), **kw)
+
+
+def reply(status: int, body: object = None, **headers: str) -> httpx.Response:
+    content = b"" if body is None else json.dumps(body).encode()
+    return httpx.Response(status, content=content, headers={"date": DATE, **headers})
+
+
+async def test_sends_version_user_agent_and_bearer() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return reply(200, {"patients": [{"id": 1}], "meta": {"total_count": 1}})
+
+    c = client(handler)
+    page = await c.page(resources.get("patients"), page=2, per_page=100,
+                        updated_after=1_795_791_600_000, updated_before=1_795_791_601_000)
+    r = seen[0]
+    assert r.url.path == "/v1/patients"
+    assert dict(r.url.params) == {"page": "2", "per_page": "100",
+                                  "updated_after": "2026-11-27T15:00:00.000Z",
+                                  "updated_before": "2026-11-27T15:00:01.000Z"}
+    assert r.headers["user-agent"] == USER_AGENT
+    assert r.headers["authorization"] == f"Bearer {KEY}"
+    assert page.rows == [{"id": 1}] and page.total_count == 1
+    assert c.server_now() is not None
+
+
+async def test_appointments_never_send_updated_before_and_ask_for_cancelled() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return reply(200, {"appointments": [], "meta": {}})
+
+    page = await client(handler).page(resources.get("appointments"), page=1, per_page=100,
+                                      updated_after=0, updated_before=5)
+    params = dict(seen[0].url.params)
+    assert params["cancelled"] == "true" and "updated_before" not in params
+    assert page.total_count is None
+
+
+@pytest.mark.parametrize(("status", "headers", "error"), [
+    (401, {}, AuthError),
+    (403, {"x-ratelimit-remaining": "12"}, ScopeError),
+    (403, {"x-ratelimit-remaining": "0", "x-ratelimit-reset": "1795795200"}, RateLimited),
+    (429, {"retry-after": "30"}, RateLimited),
+    (404, {}, NotFound),
+    (413, {}, PageTooDeep),
+    (400, {}, BadRequest),
+    (422, {}, BadRequest),
+    (500, {}, TransientError),
+    (503, {}, TransientError),
+])
+async def test_status_maps_to_the_exception_tree(status: int, headers: dict[str, str],
+                                                 error: type[Exception]) -> None:
+    c = client(lambda r: reply(status, {"error": {"message": "nope"}}, **headers),
+               wall=lambda: 1_795_791_600.0)
+    with pytest.raises(error) as info:
+        await c.get("/patients")
+    assert str(status) in str(info.value) and KEY not in str(info.value)
+    if error is RateLimited:
+        assert isinstance(info.value, RateLimited)
+        expected = 1_795_795_200.0 if status == 403 else 1_795_791_630.0
+        assert info.value.reset_at == expected
+
+
+async def test_timeouts_and_connection_errors_are_transient() -> None:
+    def slow(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadTimeout("slow", request=request)
+
+    def refused(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=request)
+
+    for handler in (slow, refused):
+        with pytest.raises(TransientError) as info:
+            await client(handler).get("/user")
+        assert KEY not in str(info.value)
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("not json", "not JSON"),
+    ([], "not a JSON object"),
+    ({"meta": {}}, "no 'patients' list"),
+    ({"patients": [1]}, r"patients\[0\] is not an object"),
+    ({"patients": [{"id": 1}, {"name": "x"}]}, r"patients\[1\] has no usable 'id'"),
+    ({"patients": [{"id": True}]}, "no usable 'id'"),
+])
+async def test_malformed_pages_name_what_is_wrong(body: object, message: str) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raw = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+        return httpx.Response(200, content=raw)
+
+    with pytest.raises(MalformedResponse, match=message):
+        await client(handler).page(resources.get("patients"), page=1, per_page=100)
+
+
+async def test_rate_headers_are_tracked() -> None:
+    c = client(lambda r: reply(200, {"user": {"id": 1}}, **{
+        "x-ratelimit-limit": "3600", "x-ratelimit-remaining": "3000",
+        "x-ratelimit-reset": "1795795200"}))
+    await c.user()
+    assert (c.rate.limit, c.rate.remaining, c.rate.reset_at) == (3600, 3000, 1795795200.0)

@@ -1,0 +1,153 @@
+"""The sandbox behaves like the real API (dentally-api.md), over real HTTP on loopback."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from email.utils import parsedate_to_datetime
+
+import httpx
+import pytest
+
+from notifier.core.timefmt import format_ms, parse_ms
+from notifier.sandbox.control import SandboxControl
+from notifier.sandbox.server import SandboxThread
+
+DAY = 86_400_000
+
+
+@pytest.fixture
+async def api(sandbox: SandboxThread) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=sandbox.url + "/v1", headers={
+            "User-Agent": "tests", "Authorization": f"Bearer {sandbox.key}"}) as c:
+        yield c
+
+
+async def test_user_agent_and_keys(api: httpx.AsyncClient, control: SandboxControl) -> None:
+    assert (await api.get("/user")).json()["user"]["id"] == 1
+    assert (await api.get("/user", headers={"User-Agent": ""})).status_code == 403
+    assert (await api.get("/user", headers={"Authorization": "Bearer nope"})).status_code == 401
+    await control.add_key("limited", scopes=["patients:read"])
+    limited = {"Authorization": "Bearer limited"}
+    assert (await api.get("/patients", headers=limited)).status_code == 200
+    r = await api.get("/appointments", headers=limited)
+    assert r.status_code == 403 and "scope" in r.json()["error"]["message"]
+    await control.key("limited", "revoke")
+    assert (await api.get("/patients", headers=limited)).status_code == 401
+
+
+async def test_idle_key_expires_after_two_weeks(api: httpx.AsyncClient,
+                                                control: SandboxControl) -> None:
+    await control.add_key("idle")
+    await control.clock(advance_ms=13 * DAY)
+    assert (await api.get("/user", headers={"Authorization": "Bearer idle"})).status_code == 200
+    await control.clock(advance_ms=15 * DAY)
+    r = await api.get("/user", headers={"Authorization": "Bearer idle"})
+    assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
+
+
+async def test_pages_and_per_page_rules(api: httpx.AsyncClient, control: SandboxControl) -> None:
+    await control.seed("patients", 130, spread_days=10)
+    r = (await api.get("/patients")).json()
+    assert len(r["patients"]) == 25 and r["meta"]["total_count"] == 130
+    assert len((await api.get("/patients", params={"per_page": 500})).json()["patients"]) == 25
+    p1 = (await api.get("/patients", params={"per_page": 100})).json()["patients"]
+    p2 = (await api.get("/patients", params={"per_page": 100, "page": 2})).json()["patients"]
+    assert len(p1) == 100 and len(p2) == 30
+    assert len({r["id"] for r in p1 + p2}) == 130
+    assert (await api.get("/patients", params={"per_page": 100, "page": 3})).json()[
+        "patients"] == []
+    assert (await api.get("/patients", params={"page": "x"})).status_code == 400
+
+
+async def test_record_shapes(api: httpx.AsyncClient, control: SandboxControl) -> None:
+    await control.seed("patients", 1)
+    await control.seed("invoices", 1)
+    await control.seed("sites", 1)
+    patient = (await api.get("/patients")).json()["patients"][0]
+    assert isinstance(patient["id"], int)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}[+-]\d\d:\d\d",
+                        patient["updated_at"])
+    assert isinstance((await api.get("/invoices")).json()["invoices"][0]["amount"], str)
+    site = (await api.get("/sites")).json()["sites"][0]
+    assert isinstance(site["id"], str) and len(site["id"]) == 36
+    single = (await api.get(f"/patients/{patient['id']}")).json()
+    assert single == {"patient": patient}
+
+
+async def test_updated_filters(api: httpx.AsyncClient, control: SandboxControl) -> None:
+    now = (await control.clock())["now_ms"]
+    await control.seed("patients", 5, at_ms=now - 10 * DAY)
+    await control.seed("patients", 3, at_ms=now - 5 * DAY)
+    await control.seed("patients", 2, at_ms=now - 1 * DAY)
+    after = format_ms(now - 6 * DAY)
+    assert (await api.get("/patients", params={"updated_after": after})).json()[
+        "meta"]["total_count"] == 5
+    window = {"updated_after": after, "updated_before": format_ms(now - 2 * DAY)}
+    rows = (await api.get("/patients", params=window)).json()["patients"]
+    assert len(rows) == 3
+    assert all(parse_ms(r["updated_at"]) == now - 5 * DAY for r in rows)
+    assert (await api.get("/patients", params={"updated_after": "soon"})).status_code == 400
+
+
+async def test_appointments_ignore_updated_before_and_hide_cancelled(
+        api: httpx.AsyncClient, control: SandboxControl) -> None:
+    ids = await control.seed("appointments", 4)
+    await control.update("appointments", ids[0], state="Cancelled")
+    await control.update("appointments", ids[1], state="Did not attend")
+    assert (await api.get("/appointments")).json()["meta"]["total_count"] == 2
+    both = (await api.get("/appointments", params={"cancelled": "true"})).json()
+    assert both["meta"]["total_count"] == 4
+    past = {"cancelled": "true", "updated_before": "2000-01-01T00:00:00Z"}
+    assert (await api.get("/appointments", params=past)).json()["meta"]["total_count"] == 4
+
+
+async def test_deleted_records_vanish(api: httpx.AsyncClient, control: SandboxControl) -> None:
+    ids = await control.seed("patients", 3)
+    await control.delete("patients", ids[1])
+    listed = {str(r["id"]) for r in (await api.get("/patients")).json()["patients"]}
+    assert listed == {ids[0], ids[2]}
+    assert (await api.get(f"/patients/{ids[1]}")).status_code == 404
+
+
+async def test_fixed_rate_window(api: httpx.AsyncClient, control: SandboxControl) -> None:
+    await control.quirks(rate_limit=3, rate_window=60)
+    start = (await control.clock(freeze_ms=1_795_791_601_000))["now_ms"]
+    seen = [await api.get("/user") for _ in range(4)]
+    assert [r.status_code for r in seen] == [200, 200, 200, 403]
+    assert [r.headers["x-ratelimit-remaining"] for r in seen] == ["2", "1", "0", "0"]
+    assert seen[0].headers["x-ratelimit-reset"] == str(start // 60_000 * 60 + 60)
+    await control.quirks(rate_limit_status=429)
+    r = await api.get("/user")
+    assert r.status_code == 429 and int(r.headers["retry-after"]) == 59
+    await control.clock(advance_ms=60_000)  # the next clock window: the budget is back
+    assert (await api.get("/user")).status_code == 200
+
+
+async def test_date_header_follows_the_sandbox_clock(api: httpx.AsyncClient,
+                                                     control: SandboxControl) -> None:
+    await control.clock(freeze_ms=1_700_000_000_000)
+    r = await api.get("/user")
+    assert parsedate_to_datetime(r.headers["date"]).timestamp() == 1_700_000_000
+
+
+async def test_injected_failures_and_deep_pages(api: httpx.AsyncClient,
+                                                control: SandboxControl) -> None:
+    await control.seed("patients", 30)
+    await control.quirks(fail_next=[503, 500], deep_page_limit=20)
+    assert (await api.get("/patients")).status_code == 503
+    assert (await api.get("/patients")).status_code == 500
+    assert (await api.get("/patients", params={"per_page": 10, "page": 2})).status_code == 200
+    assert (await api.get("/patients", params={"per_page": 10, "page": 3})).status_code == 413
+
+
+async def test_unstable_pages_repeat_and_skip(api: httpx.AsyncClient,
+                                              control: SandboxControl) -> None:
+    await control.seed("patients", 1000)
+    await control.quirks(unstable_rate=0.05)
+    ids: list[int] = []
+    for page in range(1, 11):
+        r = await api.get("/patients", params={"per_page": 100, "page": page})
+        ids += [row["id"] for row in r.json()["patients"]]
+    assert len(ids) == 1000
+    assert 0 < 1000 - len(set(ids)) < 100  # some served twice, as many never

@@ -1,0 +1,130 @@
+"""Configuration: the PRODUCT.md file, errors that name the key, env and secret sources."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from notifier import config
+from notifier.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+MINIMAL = """
+[redis]
+url = "redis://127.0.0.1:6379/0"
+stream = "dentally:events"
+
+[[practices]]
+name = "main"
+region = "uk"
+api_key_env = "TEST_DENTALLY_KEY"
+resources = ["patients", "appointments", "invoices", "payments"]
+poll_interval = 60
+
+[[subscribers]]
+name = "crm"
+url = "https://crm.example.com/hooks/dentally"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+events = ["patient.*", "appointment.updated"]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_minimal_product_config_loads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_DENTALLY_KEY", "k1")
+    s = config.load(write(tmp_path, MINIMAL))
+    p = s.practices[0]
+    assert p.url == "https://api.dentally.co" and p.api_key_value() == "k1"
+    assert p.interval("patients") == 60 and p.initial_sync == "seed"
+    assert s.subscribers[0].events == ["patient.*", "appointment.updated"]
+    assert s.redis.retention == 604_800
+    assert "whsec_" not in repr(s) and "k1" not in repr(s)
+
+
+def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DENTALLY_API_KEY", "k")
+    monkeypatch.setenv("CRM_WEBHOOK_SECRET", "whsec_x")
+    s = config.load(ROOT / "config.example.toml")
+    assert s.practices and s.subscribers
+
+
+@pytest.mark.parametrize(("patch", "named"), [
+    ('region = "uk"', 'practices[0] (main).region'),
+    ("poll_interval = 60", "practices[0] (main).poll_interval"),
+    ('resources = ["patients", "appointments", "invoices", "payments"]',
+     "practices[0] (main).resources"),
+])
+def test_errors_name_the_key(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, patch: str,
+                             named: str) -> None:
+    monkeypatch.setenv("TEST_DENTALLY_KEY", "k1")
+    broken = {'region = "uk"': 'region = "mars"', "poll_interval = 60": "poll_interval = -1",
+              'resources = ["patients", "appointments", "invoices", "payments"]':
+              'resources = ["patients", "teeth"]'}[patch]
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, MINIMAL.replace(patch, broken)))
+    assert named in str(info.value)
+
+
+def test_unknown_key_is_an_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"practices\[0\] \(main\)\.pol_interval: Extra"):
+        config.load(write(tmp_path, MINIMAL.replace("poll_interval", "pol_interval")))
+
+
+def test_missing_key_source_names_the_variable(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TEST_DENTALLY_KEY", raising=False)
+    with pytest.raises(ConfigError, match="TEST_DENTALLY_KEY is not set"):
+        config.load(write(tmp_path, MINIMAL))
+
+
+def test_key_from_file_strips_newline(tmp_path: Path) -> None:
+    keyfile = tmp_path / "main.key"
+    keyfile.write_text("filekey\n")
+    text = MINIMAL.replace('api_key_env = "TEST_DENTALLY_KEY"', f'api_key_file = "{keyfile}"')
+    assert config.load(write(tmp_path, text)).practices[0].api_key_value() == "filekey"
+
+
+def test_two_key_sources_are_refused(tmp_path: Path) -> None:
+    text = MINIMAL.replace('api_key_env = "TEST_DENTALLY_KEY"',
+                           'api_key_env = "X"\napi_key = "inline"')
+    with pytest.raises(ConfigError, match="exactly one of api_key_env"):
+        config.load(write(tmp_path, text))
+
+
+def test_environment_overrides_the_file(tmp_path: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_DENTALLY_KEY", "k1")
+    monkeypatch.setenv("DENTALLY_NOTIFIER_REDIS__STREAM", "other:events")
+    s = config.load(write(tmp_path, MINIMAL))
+    assert s.redis.stream == "other:events" and s.redis.url == "redis://127.0.0.1:6379/0"
+
+
+def test_bad_toml_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(write(tmp_path, "[redis\n"))
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        config.load(tmp_path / "absent.toml")
+
+
+def test_duplicate_practice_names(tmp_path: Path) -> None:
+    text = MINIMAL + '\n[[practices]]\nname = "main"\napi_key = "x"\n'
+    with pytest.raises(ConfigError, match="name 'main' is used twice"):
+        config.load(write(tmp_path, text))
+
+
+def test_cli_exits_2_naming_the_key(tmp_path: Path) -> None:
+    path = write(tmp_path, MINIMAL.replace('region = "uk"', 'region = "mars"'))
+    cmd = [sys.executable, "-m", "notifier", "run", "--config", str(path)]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                          env={"TEST_DENTALLY_KEY": "k", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2
+    assert "practices[0] (main).region" in done.stderr
