@@ -9,8 +9,10 @@ that rows whose ``updated_at`` was stamped before they became visible (a slow tr
 app servers with skewed clocks) are not missed; re-reads publish nothing because every row
 is diffed against its snapshot. The span is read as *windows* in ascending order, each
 sent as ``updated_after=lo - margin`` and, where the resource allows it,
-``updated_before=hi + margin`` (the margin makes inclusive/exclusive bounds and
-second-truncated comparisons harmless).
+``updated_before=hi + 1``. Whether Dentally's bounds are inclusive, and whether it compares
+at second precision, is unknown; the margin on the lower bound alone covers both, since a
+row a truncated ``updated_before`` leaves out at the top of one window is inside the margin
+of the next.
 
 Dentally only has offset pagination, and it is not stable: a row that changes while we
 page moves or leaves the result and shifts every later row by one, so one row is skipped.
@@ -99,16 +101,17 @@ def start(progress: Progress, server_now: int, policy: Policy) -> Progress:
 def query_bounds(window: Window, closed: bool, policy: Policy) -> tuple[int | None, int | None]:
     """The ``updated_after`` and ``updated_before`` values (ms) to send for ``window``."""
     after = None if window.lo is None else window.lo - policy.margin_ms
-    before = window.hi + policy.margin_ms if closed else None
+    before = window.hi + 1 if closed else None
     return after, before
 
 
-def split(window: Window, parts: int) -> tuple[Window, ...]:
-    """``window`` cut into up to ``parts`` equal spans of time (fewer when it is short)."""
+def split(window: Window, parts: int, min_width: int = 2) -> tuple[Window, ...]:
+    """``window`` cut into up to ``parts`` equal spans of time, none narrower than
+    ``min_width`` ms (a span narrower than the margin would query the same rows again)."""
     lo = FLOOR_MS if window.lo is None else window.lo
-    if window.hi - lo < 2 or parts < 2:
+    parts = min(parts, (window.hi - lo) // max(1, min_width))
+    if parts < 2:
         return (window,)
-    parts = min(parts, window.hi - lo)
     edges = [lo + (window.hi - lo) * i // parts for i in range(parts + 1)]
     spans = [Window(edges[i], edges[i + 1]) for i in range(parts)]
     if window.lo is None:
@@ -190,7 +193,7 @@ class WindowRead:
         """Replace the window by smaller ones; None when it is open or too short to cut."""
         if not self.closed:
             return None
-        spans = split(self.window, parts)
+        spans = split(self.window, parts, max(2, 2 * self.policy.margin_ms))
         if len(spans) == 1:
             return None
         p = self.progress

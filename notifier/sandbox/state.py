@@ -212,7 +212,7 @@ class Sandbox:
         if row is None:
             return None
         now = self.clock.now_ms() if at_ms is None else at_ms
-        changes = self.faker.mutate(resource, row) if fields is None else fields
+        changes = fields if fields is not None else self._real_change(resource, row)
         new = {**row, **{k: v for k, v in changes.items() if k not in ("id", "created_at")}}
         if resource == "appointments" and "state" in changes:
             state = str(new["state"]).lower().replace(" ", "_")
@@ -223,6 +223,14 @@ class Sandbox:
         new["updated_at"] = self.stamp(now)
         table.put(record_id, new, now)
         return new
+
+    def _real_change(self, resource: str, row: dict[str, Any]) -> dict[str, Any]:
+        """A random edit that changes at least one field (a same-value edit is a touch)."""
+        for _ in range(20):
+            changes = self.faker.mutate(resource, row)
+            if any(row.get(k) != v for k, v in changes.items()):
+                return changes
+        return {"metadata": {**(row.get("metadata") or {}), "rev": self.rng.random()}}
 
     def delete(self, resource: str, record_id: str) -> bool:
         return self.tables[resource].delete(record_id)

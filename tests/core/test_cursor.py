@@ -52,6 +52,8 @@ def test_split_covers_the_window_without_gaps() -> None:
     first = split(Window(None, FLOOR_MS + 1000), 2)
     assert first[0].lo is None and first[-1].hi == FLOOR_MS + 1000
     assert split(Window(5, 6), 2) == (Window(5, 6),)
+    assert split(Window(0, 3000), 8, min_width=1000) == (
+        Window(0, 1000), Window(1000, 2000), Window(2000, 3000))
 
 
 def read(p: Progress, closed: bool = True) -> WindowRead:

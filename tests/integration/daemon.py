@@ -1,0 +1,77 @@
+"""Running the real daemon as a child process against the sandbox and a real Redis."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+
+def write_config(path: Path, *, redis_url: str, prefix: str, stream: str, base_url: str,
+                 key: str, practice: str = "main", **practice_keys: Any) -> Path:
+    keys = {"name": practice, "region": "sandbox", "base_url": base_url, "api_key": key,
+            "poll_interval": 0.2, **practice_keys}
+
+    def toml(value: Any) -> str:
+        return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+
+    lines = ["[redis]", f"url = {toml(redis_url)}", f"stream = {toml(stream)}",
+             f"prefix = {toml(prefix)}", "", "[[practices]]"]
+    lines += [f"{k} = {toml(v)}" for k, v in keys.items()]
+    lines += ["", "[log]", 'format = "json"', 'level = "debug"']
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+class Daemon:
+    """``python -m notifier run`` as a real process; its log goes to a file."""
+
+    def __init__(self, config: Path, log: Path) -> None:
+        self.config, self.log = config, log
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "notifier", "run", "--config", str(self.config)],
+            stdout=out, stderr=out, env=env)
+        self.starts += 1
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return None if self.proc is None else self.proc.returncode
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+async def wait_until(check: Callable[[], Awaitable[bool]], timeout: float = 30.0,
+                     what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await anyio.sleep(0.05)
