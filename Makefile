@@ -16,6 +16,8 @@ demo: $(STAMP)
 	$(BIN)/dentally-notifier demo
 
 test: $(STAMP)
+	$(BIN)/ruff check notifier tests bench
+	$(BIN)/mypy
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)

@@ -156,7 +156,7 @@ class SubscriberConfig(_Strict):
     events: list[str] = Field(default_factory=lambda: ["*"])
     start: Literal["now", "beginning"] = "now"
     retry_schedule: list[Annotated[float, Field(ge=0)]] = Field(
-        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000])
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0])
     timeout: Seconds = 15
     max_in_flight: Annotated[int, Field(ge=1, le=1000)] = 8
     max_per_second: Seconds | None = None

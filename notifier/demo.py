@@ -69,7 +69,7 @@ def describe(event: dict[str, Any]) -> str:
 async def _print_events(redis: Redis, stream: str) -> None:
     last = "0-0"
     while True:
-        reply = await redis.xread({stream: last}, block=1000, count=100)
+        reply: Any = await redis.xread({stream: last}, block=1000, count=100)
         for _, entries in reply:
             for entry_id, fields in entries:
                 last = entry_id

@@ -7,7 +7,6 @@ change of the same record gets the same id across restarts and re-reads.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 from collections.abc import Mapping
@@ -26,19 +25,12 @@ def canonical(value: Any) -> bytes:
 
 
 def event_id(*parts: str | bytes) -> str:
-    """``evt_`` and 26 base32 characters of a SHA-256 over ``parts`` (130 bits)."""
-    h = hashlib.sha256()
+    """``evt_`` and 32 hex digits of a BLAKE2b hash over ``parts`` (128 bits)."""
+    h = hashlib.blake2b(digest_size=16)
     for part in parts:
         h.update(part.encode() if isinstance(part, str) else part)
         h.update(b"\x1f")
-    return "evt_" + base64.b32encode(h.digest()).decode().lower()[:26]
-
-
-def record_event_id(practice: str, resource: str, record_id: str, kind: Kind,
-                    record_bytes: bytes) -> str:
-    """The id of one change of one record: same change, same id."""
-    digest = hashlib.sha256(record_bytes).digest()
-    return event_id(practice, resource, record_id, kind, digest)
+    return "evt_" + h.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -57,14 +49,24 @@ class Event:
                 "payload": self.payload}
 
 
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def record_event(practice: str, resource: str, kind: Kind, record: Mapping[str, Any],
-                 now: datetime, changes: Mapping[str, Any] | None = None,
+                 now: datetime | str, changes: Mapping[str, Any] | None = None,
                  record_bytes: bytes | None = None) -> Event:
-    """``<singular>.<kind>`` for ``record``; ``record_bytes`` is its canonical JSON if known."""
+    """``<singular>.<kind>`` for ``record``.
+
+    ``record_bytes`` is the record's canonical JSON when the caller has it: it is hashed for
+    the id and spliced into the payload as is, so a page of events costs one encoding per
+    record. ``now`` may be given preformatted, once per page.
+    """
     record_id = str(record["id"])
     body = canonical(record) if record_bytes is None else record_bytes
-    eid = record_event_id(practice, resource, record_id, kind, body)
+    eid = event_id(practice, resource, record_id, kind, body)
     etype = f"{get_resource(resource).singular}.{kind}"
+    stamp = now if isinstance(now, str) else format_us(now)
     data: dict[str, Any] = {
         "practice": practice,
         "resource": resource,
@@ -73,9 +75,8 @@ def record_event(practice: str, resource: str, kind: Kind, record: Mapping[str, 
     }
     if kind == "updated":
         data["changes"] = dict(changes or {})
-    data["record"] = record
-    envelope = {"id": eid, "type": etype, "timestamp": format_us(now), "data": data}
-    payload = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
+    head = _dumps({"id": eid, "type": etype, "timestamp": stamp})
+    payload = head[:-1] + b',"data":' + _dumps(data)[:-1] + b',"record":' + body + b"}}"
     return Event(eid, etype, practice, resource, record_id, payload)
 
 

@@ -23,7 +23,7 @@ def test_envelope_is_the_product_contract() -> None:
     assert e.stream_fields() == {"id": e.id, "type": "patient.updated", "practice": "main",
                                  "resource": "patients", "record_id": "123",
                                  "payload": e.payload}
-    assert e.id.startswith("evt_") and len(e.id) == 30
+    assert e.id.startswith("evt_") and len(e.id) == 36
 
 
 def test_created_has_no_changes_key() -> None:

@@ -98,10 +98,16 @@ def start(progress: Progress, server_now: int, policy: Policy) -> Progress:
     return replace(progress, windows=(Window(lo, server_now),), page=1, tries=0, count0=None)
 
 
-def query_bounds(window: Window, closed: bool, policy: Policy) -> tuple[int | None, int | None]:
-    """The ``updated_after`` and ``updated_before`` values (ms) to send for ``window``."""
+def query_bounds(window: Window, closed: bool, policy: Policy,
+                 last: bool = False) -> tuple[int | None, int | None]:
+    """The ``updated_after`` and ``updated_before`` values (ms) to send for ``window``.
+
+    The ``last`` window of a poll (the one ending at the server's "now") is left open on
+    top: rows changed since "now" was estimated come along at once instead of a poll later
+    (the cursor still only moves to ``hi``).
+    """
     after = None if window.lo is None else window.lo - policy.margin_ms
-    before = window.hi + 1 if closed else None
+    before = window.hi + 1 if closed and not last else None
     return after, before
 
 

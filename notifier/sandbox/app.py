@@ -280,13 +280,15 @@ def build_app(sb: Sandbox) -> Starlette:
             if len(parts) == 3:
                 record_id = parts[2]
                 if method == "GET":
-                    row = sb.tables[resource].rows.get(record_id)
-                    return _json({"record": row}) if row else _error(404, "not_found", "gone")
+                    found = sb.tables[resource].rows.get(record_id)
+                    return _json({"record": found}) if found else _error(404, "not_found",
+                                                                         "gone")
                 if method == "PATCH":
                     at = data.pop("at_ms", None)
-                    row = sb.update(resource, record_id, data or None,
-                                    None if at is None else int(at))
-                    return _json({"record": row}) if row else _error(404, "not_found", "gone")
+                    found = sb.update(resource, record_id, data or None,
+                                      None if at is None else int(at))
+                    return _json({"record": found}) if found else _error(404, "not_found",
+                                                                         "gone")
                 if method == "DELETE":
                     ok = sb.delete(resource, record_id)
                     return _json({"deleted": ok}, 200 if ok else 404)

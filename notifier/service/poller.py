@@ -7,15 +7,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import anyio
+
 from notifier.core import cursor
 from notifier.core.diff import diff
 from notifier.core.resources import Resource
-from notifier.dentally.client import DentallyClient
+from notifier.core.timefmt import format_us
+from notifier.dentally.client import DentallyClient, Page
 from notifier.errors import PageTooDeep
 from notifier.events import Event, canonical, record_event
 from notifier.store.codec import Codec, learn
@@ -58,6 +61,7 @@ def changes_for_page(practice: str, resource: str, rows: list[dict[str, Any]],
             codec.adopt(zdict)
     events: list[Event] = []
     snaps: dict[str, bytes] = {}
+    stamp = format_us(now)
     for row, canon, old_blob in zip(rows, canons, olds, strict=True):
         rid = str(row["id"])
         old = None
@@ -77,13 +81,46 @@ def changes_for_page(practice: str, resource: str, rows: list[dict[str, Any]],
             snaps[rid] = codec.encode(canon)
         if change is None or (change.kind == "created" and not emit_created):
             continue
-        events.append(record_event(practice, resource, change.kind, row, now,
+        events.append(record_event(practice, resource, change.kind, row, stamp,
                                    change.changes, canon))
     return PageChanges(events, snaps, zdict)
 
 
+class _Prefetch:
+    """One page requested ahead, while the previous one is diffed and committed.
+
+    Its failure is kept and raised when the page is taken, never in the task group.
+    """
+
+    def __init__(self, key: tuple[cursor.Window, int]) -> None:
+        self.key = key
+        self.done = anyio.Event()
+        self.page: Page | None = None
+        self.error: Exception | None = None
+
+    async def run(self, fetch: Callable[[], Awaitable[Page]]) -> None:
+        try:
+            self.page = await fetch()
+        except Exception as exc:  # re-raised in take()
+            self.error = exc
+        finally:
+            self.done.set()
+
+    async def take(self) -> Page:
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        assert self.page is not None
+        return self.page
+
+
 class ResourcePoller:
-    """Reads every change of one resource since its cursor and commits it page by page."""
+    """Reads every change of one resource since its cursor and commits it page by page.
+
+    While a page is diffed and committed, the next one is already requested when the
+    cursor rules say it will be needed (the window continues), so the API's latency and
+    our own work overlap; commits stay strictly in page order.
+    """
 
     def __init__(self, store: Store, client: DentallyClient, practice: str,
                  resource: Resource, policy: cursor.Policy, *, initial_sync: str = "seed",
@@ -103,52 +140,73 @@ class ResourcePoller:
     def closed(self) -> bool:
         return self.resource.closed_windows and self.resource.strategy == "incremental"
 
-    async def poll_once(self) -> int:
-        """Read until no window is pending; returns the number of events published."""
-        store, name = self.store, self.resource.name
-        progress = await store.progress(self.practice, name)
+    async def _server_now(self) -> int:
         server_now = self.client.server_now()
         if server_now is None:
             await self.client.user()
             server_now = self.client.server_now()
-            if server_now is None:
-                # No Date header at all: fall back to our clock, one overlap behind.
-                server_now = int(self._wall() * 1000) - self.policy.overlap_ms
+        if server_now is None:
+            # No Date header at all: fall back to our clock, one overlap behind.
+            server_now = int(self._wall() * 1000) - self.policy.overlap_ms
+        return server_now
+
+    def _fetcher(self, window: cursor.Window, page: int,
+                 last: bool) -> Callable[[], Awaitable[Page]]:
+        after, before = cursor.query_bounds(window, self.closed, self.policy, last)
+        if self.resource.strategy == "full":
+            after = before = None
+
+        async def fetch() -> Page:
+            return await self.client.page(self.resource, page=page,
+                                          per_page=self.policy.per_page,
+                                          updated_after=after, updated_before=before)
+        return fetch
+
+    async def poll_once(self) -> int:
+        """Read until no window is pending; returns the number of events published."""
+        store, name = self.store, self.resource.name
+        progress = await store.progress(self.practice, name)
         if self.resource.strategy == "full":
             progress = cursor.Progress(cursor=None, synced=progress.synced)
-        progress = cursor.start(progress, server_now, self.policy)
+        progress = cursor.start(progress, await self._server_now(), self.policy)
         reader = cursor.WindowRead(progress, self.closed, self.policy)
         codec = await store.codec(self.practice, name)
         published = 0
-        while reader.progress.windows:
-            window = reader.window
-            after, before = cursor.query_bounds(window, self.closed, self.policy)
-            if self.resource.strategy == "full":
-                after = before = None
-            emit_created = self.initial_sync == "emit" or reader.progress.synced
-            try:
-                page = await self.client.page(self.resource, page=reader.progress.page,
-                                              per_page=self.policy.per_page,
-                                              updated_after=after, updated_before=before)
-            except PageTooDeep:
-                split = reader.too_deep()
-                if split is None:
-                    raise
-                log.info("page too deep; window split in %d", len(split[1].windows),
-                         extra={"practice": self.practice, "resource": name})
-                await store.commit(self.practice, name, progress=split[1])
-                continue
-            self.pages += 1
-            ids = [str(r["id"]) for r in page.rows]
-            _, new_progress = reader.page_read(ids, page.total_count)
-            rows = dedupe(page.rows)
-            olds = await store.snapshots(self.practice, name, [str(r["id"]) for r in rows])
-            changes = changes_for_page(self.practice, name, rows, olds, codec,
-                                       emit_created=emit_created, now=self._now())
-            await store.commit(self.practice, name, progress=new_progress,
-                               snapshots=changes.snapshots, events=changes.events,
-                               zdict=changes.zdict,
-                               status={"last_page_at": str(self._wall())})
-            published += len(changes.events)
+        ahead: _Prefetch | None = None
+        async with anyio.create_task_group() as tg:
+            while reader.progress.windows:
+                key = (reader.window, reader.progress.page)
+                last = len(reader.progress.windows) == 1
+                emit_created = self.initial_sync == "emit" or reader.progress.synced
+                try:
+                    if ahead is not None and ahead.key == key:
+                        page = await ahead.take()
+                    else:
+                        page = await self._fetcher(*key, last)()
+                except PageTooDeep:
+                    split = reader.too_deep()
+                    if split is None:
+                        raise
+                    log.info("page too deep; window split in %d", len(split[1].windows),
+                             extra={"practice": self.practice, "resource": name})
+                    await store.commit(self.practice, name, progress=split[1])
+                    continue
+                finally:
+                    ahead = None
+                self.pages += 1
+                outcome, new_progress = reader.page_read([str(r["id"]) for r in page.rows],
+                                                         page.total_count)
+                if outcome is cursor.Outcome.NEXT:
+                    ahead = _Prefetch((reader.window, new_progress.page))
+                    tg.start_soon(ahead.run, self._fetcher(*ahead.key, last))
+                rows = dedupe(page.rows)
+                olds = await store.snapshots(self.practice, name, [str(r["id"]) for r in rows])
+                changes = changes_for_page(self.practice, name, rows, olds, codec,
+                                           emit_created=emit_created, now=self._now())
+                await store.commit(self.practice, name, progress=new_progress,
+                                   snapshots=changes.snapshots, events=changes.events,
+                                   zdict=changes.zdict,
+                                   status={"last_page_at": str(self._wall())})
+                published += len(changes.events)
         await store.note(self.practice, name, last_poll_at=str(self._wall()), last_error="")
         return published

@@ -6,6 +6,7 @@ backoff, and never leave this task.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -87,11 +88,9 @@ class PracticeRunner:
                 await self._serve()
                 tg.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                try:
-                    await lock.release()
-                except RedisError:
-                    pass
+            with anyio.CancelScope(shield=True), anyio.move_on_after(2), \
+                    contextlib.suppress(RedisError):
+                await lock.release()
 
     async def _keep_lock(self, lock: PracticeLock, scope: anyio.CancelScope) -> None:
         while True:
@@ -188,8 +187,6 @@ class PracticeRunner:
             await anyio.sleep(delay)
 
     async def _note_error(self, resource: str, message: str) -> None:
-        try:
+        with contextlib.suppress(RedisError):
             await self.store.note(self.cfg.name, resource, last_error=message,
                                   last_error_at=str(self._wall()))
-        except RedisError:
-            pass

@@ -63,7 +63,7 @@ class Codec:
     def encode(self, canonical: bytes) -> bytes:
         tag, primed = (LEARNED, self._learned) if self._learned else (STATIC, self._static)
         c = primed.copy()
-        packed = c.compress(canonical) + c.flush()
+        packed: bytes = c.compress(canonical) + c.flush()
         if len(packed) >= len(canonical):
             return RAW + canonical
         return tag + packed

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from redis.asyncio import Redis
 
@@ -39,12 +39,14 @@ if n > 0 then
   redis.call('HDEL', KEYS[2], unpack(args))
   i = i + n
 end
-n = tonumber(ARGV[i]); i = i + 1
+n = tonumber(ARGV[i])
+local practice, resource = ARGV[i + 1], ARGV[i + 2]
+i = i + 3
 for j = 1, n do
   redis.call('XADD', KEYS[3], '*', 'id', ARGV[i], 'type', ARGV[i + 1],
-             'practice', ARGV[i + 2], 'resource', ARGV[i + 3],
-             'record_id', ARGV[i + 4], 'payload', ARGV[i + 5])
-  i = i + 6
+             'practice', practice, 'resource', resource,
+             'record_id', ARGV[i + 2], 'payload', ARGV[i + 3])
+  i = i + 4
 end
 n = tonumber(ARGV[i]); i = i + 1
 local args = {'token', ARGV[1]}
@@ -96,13 +98,14 @@ class Store:
         self._codecs: dict[tuple[str, str], Codec] = {}
 
     async def progress(self, practice: str, resource: str) -> Progress:
-        return parse_progress(await self.redis.hgetall(self.keys.cursor(practice, resource)))
+        raw = await self.redis.hgetall(self.keys.cursor(practice, resource))
+        return parse_progress(cast(dict[bytes, bytes], raw))
 
     async def codec(self, practice: str, resource: str) -> Codec:
         codec = self._codecs.get((practice, resource))
         if codec is None:
             zdict = await self.redis.get(self.keys.zdict(practice, resource))
-            codec = Codec(zdict)
+            codec = Codec(cast(bytes | None, zdict))
             self._codecs[(practice, resource)] = codec
         return codec
 
@@ -110,7 +113,8 @@ class Store:
                         ids: Sequence[str]) -> list[bytes | None]:
         if not ids:
             return []
-        return list(await self.redis.hmget(self.keys.snapshots(practice, resource), ids))
+        found = await self.redis.hmget(self.keys.snapshots(practice, resource), list(ids))
+        return cast(list[bytes | None], found)
 
     async def commit(self, practice: str, resource: str, *, progress: Progress,
                      snapshots: Mapping[str, bytes] | None = None,
@@ -125,9 +129,11 @@ class Store:
             args += [rid, blob]
         args.append(len(deletes))
         args += list(deletes)
-        args.append(len(events))
+        args += [len(events), practice, resource]
         for e in events:
-            args += [e.id, e.type, e.practice, e.resource, e.record_id, e.payload]
+            if (e.practice, e.resource) != (practice, resource):
+                raise ValueError(f"event {e.id} is not of {practice}/{resource}")
+            args += [e.id, e.type, e.record_id, e.payload]
         args.append(len(fields))
         for k, v in fields.items():
             args += [k, v]
@@ -139,7 +145,8 @@ class Store:
 
     async def note(self, practice: str, resource: str, **fields: str) -> None:
         """Status fields outside a commit (last poll time, last error)."""
-        await self.redis.hset(self.keys.cursor(practice, resource), mapping=fields)
+        mapping: dict[Any, Any] = dict(fields)
+        await self.redis.hset(self.keys.cursor(practice, resource), mapping=mapping)
 
 
 RENEW = """
@@ -183,7 +190,7 @@ class PracticeLock:
         holder = await self.redis.get(self.key)
         if holder is None:
             return await self.acquire(alive)
-        holder_s = holder.decode()
+        holder_s = holder.decode() if isinstance(holder, bytes) else str(holder)
         if holder_s == self.owner:
             return None
         if not alive(holder_s) and await self._take(keys=[self.key],

@@ -34,6 +34,7 @@ def test_next_poll_overlaps_the_cursor() -> None:
     p = start(Progress(cursor=50_000, synced=True), 60_000, P)
     assert p.windows == (Window(49_000, 60_000),)
     assert query_bounds(p.windows[0], True, P) == (48_999, 60_001)
+    assert query_bounds(p.windows[0], True, P, last=True) == (48_999, None)
 
 
 def test_server_clock_behind_the_overlap_plans_nothing() -> None:
@@ -174,9 +175,10 @@ op = st.tuples(st.integers(0, 40), st.sampled_from([0, 0, 0, 1, 2, 7, 50, 400]),
 @settings(max_examples=300, deadline=None)
 @given(order=st.sampled_from(["id", "updated_at"]), closed=st.booleans(),
        initial=st.integers(0, 30), ops=st.lists(op, max_size=120),
-       lag=st.integers(0, 3))
+       lag=st.integers(0, 3), open_top=st.booleans())
 def test_every_latest_version_is_observed(order: str, closed: bool, initial: int,
-                                          ops: list[tuple[int, int, bool]], lag: int) -> None:
+                                          ops: list[tuple[int, int, bool]], lag: int,
+                                          open_top: bool) -> None:
     """Whatever updates interleave with page reads, once writes stop and one more poll
     runs, every record's latest version has been observed. Many rows share timestamps
     (the clock often does not advance), windows split, pages shift under the reader."""
@@ -197,7 +199,8 @@ def test_every_latest_version_is_observed(order: str, closed: bool, initial: int
             steps += 1
             assert steps < 5000, "the cursor rules made no progress"
             window = reader.window
-            after, before = query_bounds(window, closed, M)
+            after, before = query_bounds(window, closed, M,
+                                         last=open_top and len(reader.progress.windows) == 1)
             rows, total = server.page(after, before, reader.progress.page, M.per_page)
             for rid, version in rows:
                 seen[rid] = max(seen.get(rid, 0), version)
