@@ -67,7 +67,20 @@ class PracticeRunner:
         self.auth_failure: AuthError | None = None
 
     async def run(self) -> None:
+        """Poll this practice for as long as we hold its lock; wait for it when we do not."""
         lock = PracticeLock(self.store.redis, self.store.keys.lock(self.cfg.name), self.owner)
+        while True:
+            await self._acquire(lock)
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._keep_lock, lock, tg.cancel_scope)
+                    await self._serve()
+            finally:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(2), \
+                        contextlib.suppress(RedisError):
+                    await lock.release()
+
+    async def _acquire(self, lock: PracticeLock) -> None:
         attempt = 0
         while True:
             try:
@@ -78,19 +91,10 @@ class PracticeRunner:
                 attempt += 1
                 continue
             if holder is None:
-                break
+                return
             log.error("another daemon (%s) is polling this practice; waiting", holder,
                       extra=self._extra)
             await anyio.sleep(lock.ttl_ms / 1000 / 2)
-        try:
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(self._keep_lock, lock, tg.cancel_scope)
-                await self._serve()
-                tg.cancel_scope.cancel()
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2), \
-                    contextlib.suppress(RedisError):
-                await lock.release()
 
     async def _keep_lock(self, lock: PracticeLock, scope: anyio.CancelScope) -> None:
         while True:

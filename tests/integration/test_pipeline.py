@@ -116,3 +116,18 @@ async def test_server_clock_behind_ours_loses_nothing(
     changed = await control.mutate("patients", count=3)
     events = (await settle(redis, ns, 9, "changes after the jump"))[6:]
     assert {e["data"]["record_id"] for e in events} == set(changed)
+
+
+async def test_a_second_daemon_waits_instead_of_publishing_twice(
+        redis: Redis, ns: Namespace, control: SandboxControl,
+        daemon_factory: Callable[..., Daemon]) -> None:
+    await control.seed("patients", 150, spread_days=5)
+    first = daemon_factory(resources=["patients"], initial_sync="emit")
+    second = daemon_factory(resources=["patients"], initial_sync="emit")
+    first.start()
+    second.start()
+    await settle(redis, ns, 150, "the backfill")
+    await control.mutate("patients", count=20)
+    await settle(redis, ns, 170, "the updates")
+    logs = first.log.read_text() + second.log.read_text()
+    assert "another daemon" in logs
