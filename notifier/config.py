@@ -25,6 +25,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from notifier import signing
 from notifier.core import resources
 from notifier.errors import ConfigError
 
@@ -171,6 +172,22 @@ class SubscriberConfig(_Strict):
             raise ValueError("must start with http:// or https://")
         return value
 
+    def secret_values(self) -> list[str]:
+        """The signing secrets (several when rotating), from whichever source is set."""
+        what = f"subscriber {self.name!r} secret"
+        if self.secrets is not None:
+            values = [s.get_secret_value() for s in self.secrets]
+        elif self.secret is not None:
+            values = [self.secret.get_secret_value()]
+        else:
+            values = _read_secret(None, self.secret_env, self.secret_file, what).split()
+        for value in values:
+            try:
+                signing.secret_key(value)
+            except ValueError as exc:
+                raise ConfigError(f"{what}: {exc}") from None
+        return values
+
     @model_validator(mode="after")
     def _one_secret_source(self) -> SubscriberConfig:
         given = [n for n in ("secret", "secrets", "secret_env", "secret_file")
@@ -269,4 +286,6 @@ def load(path: Path) -> Settings:
     settings = parse(data, str(path))
     for practice in settings.practices:
         practice.api_key_value()
+    for sub in settings.subscribers:
+        sub.secret_values()
     return settings

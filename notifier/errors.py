@@ -3,6 +3,7 @@
     NotifierError
     ├── ConfigError              the configuration is invalid (exit code 2)
     ├── StoreError               Redis is unreachable or holds something we cannot use
+    ├── UnsafeURL                a webhook URL resolves to a private or loopback address
     └── DentallyError            a request to the Dentally API did not give us data
         ├── AuthError            401: the key is invalid, revoked or expired
         ├── ScopeError           403 with budget left: the key lacks a scope
@@ -32,6 +33,7 @@ __all__ = [
     "ScopeError",
     "StoreError",
     "TransientError",
+    "UnsafeURL",
 ]
 
 
@@ -45,6 +47,11 @@ class ConfigError(NotifierError):
 
 class StoreError(NotifierError):
     """Redis cannot be used (unreachable, wrong type at a key, lost state)."""
+
+
+class UnsafeURL(NotifierError):
+    """A subscriber URL resolves to a loopback, private, link-local or metadata address
+    (refused unless the subscriber sets ``allow_private``)."""
 
 
 class DentallyError(NotifierError):

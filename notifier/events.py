@@ -84,7 +84,7 @@ def notifier_event(type_: str, practice: str, data: Mapping[str, Any], now: date
                    *identity: str) -> Event:
     """A ``notifier.*`` event; ``identity`` makes its id deterministic (e.g. the incident)."""
     eid = event_id(type_, practice, *identity)
-    envelope = {"id": eid, "type": type_, "timestamp": format_us(now),
-                "data": {"practice": practice, **data}}
+    body = {"practice": practice, **data} if practice else dict(data)
+    envelope = {"id": eid, "type": type_, "timestamp": format_us(now), "data": body}
     payload = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
     return Event(eid, type_, practice, "", "", payload)

@@ -56,7 +56,42 @@ async def serve(sb: Sandbox, sock: socket.socket) -> None:
         server.should_exit = True
 
 
-class SandboxThread:
+class AppThread:
+    """Any ASGI app on a loopback port, in its own thread and event loop (tests, demo)."""
+
+    def __init__(self, app: Any) -> None:
+        self._sock = bind()
+        self.port: int = self._sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+        self._server = _Server(config)
+        self._thread = threading.Thread(target=self._run, name="app", daemon=True)
+
+    def _run(self) -> None:
+        anyio.run(self._server.serve, [self._sock])
+
+    def start(self) -> AppThread:
+        self._thread.start()
+        for _ in range(400):
+            if self._server.started:
+                return self
+            threading.Event().wait(0.025)
+        raise RuntimeError("server did not start")
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        self._server.force_exit = True
+        self._thread.join(timeout=10)
+        self._sock.close()
+
+    def __enter__(self) -> AppThread:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+class SandboxThread(AppThread):
     """The sandbox on a loopback port, in its own thread and event loop (for tests)."""
 
     def __init__(self, sandbox: Sandbox | None = None, key: str | None = DEFAULT_KEY) -> None:
@@ -64,32 +99,12 @@ class SandboxThread:
         if key is not None:
             self.sandbox.add_key(key)
         self.key = key
-        self._sock = bind()
-        self.port: int = self._sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
+        super().__init__(None)
         self._server = make_server(self.sandbox, self._sock)
-        self._thread = threading.Thread(target=self._run, name="sandbox", daemon=True)
-
-    def _run(self) -> None:
-        anyio.run(self._server.serve, [self._sock])
 
     def start(self) -> SandboxThread:
-        self._thread.start()
-        deadline = 200
-        while not self._server.started and deadline:
-            threading.Event().wait(0.025)
-            deadline -= 1
-        if not self._server.started:
-            raise RuntimeError("sandbox did not start")
+        super().start()
         return self
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(timeout=10)
-        self._sock.close()
 
     def __enter__(self) -> SandboxThread:
         return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()

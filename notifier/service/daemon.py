@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
+from functools import partial
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
@@ -12,11 +14,16 @@ from redis.exceptions import RedisError
 
 from notifier.config import Settings
 from notifier.errors import StoreError
+from notifier.service import retention
+from notifier.service.delivery import SubscriberWorker, supervise
 from notifier.service.practice import PracticeRunner, owner_id
+from notifier.store.delivery import DeliveryStore
 from notifier.store.keys import Keys
 from notifier.store.redis import Store
 
 log = logging.getLogger("notifier.daemon")
+
+TRIM_INTERVAL = 60.0
 
 
 def redact(url: str) -> str:
@@ -46,19 +53,41 @@ async def _watch_signals(scope: anyio.CancelScope) -> None:
             return
 
 
+async def _trim_forever(store: Store, settings: Settings) -> None:
+    """Trim the stream by ``retention`` every minute, held back by enabled subscribers."""
+    while True:
+        try:
+            enabled = set()
+            for sub in settings.subscribers:
+                state = await DeliveryStore(store.redis, store.keys, store.stream,
+                                            sub.name).state()
+                if state.get("disabled") != "1":
+                    enabled.add(sub.name)
+            await retention.trim(store.redis, store.stream, enabled,
+                                 settings.redis.retention, time.time())
+        except RedisError as exc:
+            log.warning("could not trim the stream: %s", exc)
+        await anyio.sleep(TRIM_INTERVAL)
+
+
 async def run(settings: Settings, handle_signals: bool = True) -> None:
     """Poll every practice until cancelled (or SIGTERM/SIGINT when ``handle_signals``)."""
     redis = await connect(settings)
-    store = Store(redis, Keys(settings.redis.prefix), settings.redis.stream)
+    keys = Keys(settings.redis.prefix)
+    store = Store(redis, keys, settings.redis.stream)
     owner = owner_id()
-    log.info("started: %d practices, stream %s", len(settings.practices),
-             settings.redis.stream)
+    log.info("started: %d practices, %d subscribers, stream %s", len(settings.practices),
+             len(settings.subscribers), settings.redis.stream)
     try:
         async with anyio.create_task_group() as tg:
             if handle_signals:
                 tg.start_soon(_watch_signals, tg.cancel_scope)
             for practice in settings.practices:
                 tg.start_soon(PracticeRunner(store, practice, owner).run)
+            for sub in settings.subscribers:
+                tg.start_soon(supervise, partial(SubscriberWorker, redis, keys, store, sub),
+                              sub.name)
+            tg.start_soon(_trim_forever, store, settings)
     finally:
         with anyio.CancelScope(shield=True):
             await redis.aclose()

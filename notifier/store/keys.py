@@ -9,6 +9,14 @@ slot. The event stream's name is configured on its own (``[redis] stream``).
     <prefix>:{<practice>}:snap:<resource>     hash   record id -> compressed snapshot
     <prefix>:{<practice>}:zdict:<resource>    string compression dictionary of the snapshots
     <prefix>:{<practice>}:lock                string the daemon instance polling the practice
+    <prefix>:published:<event id>             string marks a notifier.* event as published
+    <prefix>:sub:<name>:retry                 zset   stream entry id -> due time (unix s)
+    <prefix>:sub:<name>:tries                 hash   stream entry id -> failed attempts so far
+    <prefix>:sub:<name>:dead                  stream dead letters (the event and its last error)
+    <prefix>:sub:<name>:state                 hash   disabled, failing since, incidents
+    <prefix>:sub:<name>:log                   list   the latest delivery attempts (bounded)
+
+Each subscriber reads the event stream through its own consumer group, named after it.
 """
 
 from __future__ import annotations
@@ -36,6 +44,12 @@ class Keys:
 
     def lock(self, practice: str) -> str:
         return f"{self._p(practice)}:lock"
+
+    def sub(self, name: str, part: str) -> str:
+        """A subscriber's key: ``retry``, ``tries``, ``dead``, ``state`` or ``log``."""
+        if part not in ("retry", "tries", "dead", "state", "log"):
+            raise ValueError(part)
+        return f"{self.prefix}:sub:{name}:{part}"
 
     def pattern(self) -> str:
         """Matches every key under the prefix (the stream is named separately)."""

@@ -95,6 +95,7 @@ class Store:
         self.keys = keys
         self.stream = stream
         self._commit = redis.register_script(COMMIT)
+        self._publish = redis.register_script(PUBLISH_ONCE)
         self._codecs: dict[tuple[str, str], Codec] = {}
 
     async def progress(self, practice: str, resource: str) -> Progress:
@@ -143,11 +144,30 @@ class Store:
         applied = await self._commit(keys=keys, args=args)
         return bool(applied)
 
+    async def publish(self, event: Event, dedupe_seconds: int = 7 * 86400) -> bool:
+        """Append a ``notifier.*`` event once: its id is remembered for ``dedupe_seconds``,
+        so a retried or repeated publish of the same incident adds nothing."""
+        marker = f"{self.keys.prefix}:published:{event.id}"
+        added = await self._publish(
+            keys=[self.stream, marker],
+            args=[dedupe_seconds, event.id, event.type, event.practice, event.resource,
+                  event.record_id, event.payload])
+        return added is not None
+
     async def note(self, practice: str, resource: str, **fields: str) -> None:
         """Status fields outside a commit (last poll time, last error)."""
         mapping: dict[Any, Any] = dict(fields)
         await self.redis.hset(self.keys.cursor(practice, resource), mapping=mapping)
 
+
+PUBLISH_ONCE = """
+if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
+  return redis.call('XADD', KEYS[1], '*', 'id', ARGV[2], 'type', ARGV[3],
+                    'practice', ARGV[4], 'resource', ARGV[5], 'record_id', ARGV[6],
+                    'payload', ARGV[7])
+end
+return false
+"""
 
 RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then

@@ -1,0 +1,1 @@
+"""Webhook delivery: URL safety, signed HTTP attempts."""

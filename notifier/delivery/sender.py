@@ -1,0 +1,80 @@
+"""One subscriber's HTTP side: signed POSTs over pooled keep-alive connections.
+
+Each attempt is bounded by httpx's own timeouts (never an outer cancel scope: cancelling
+requests under pool contention leaks pool slots in httpcore 1.0.x), reads at most
+``BODY_LIMIT`` bytes of the reply, and never follows redirects.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import httpx
+
+from notifier import __version__, signing
+from notifier.core.retry import parse_retry_after
+from notifier.delivery.safety import URLGuard
+from notifier.errors import UnsafeURL
+
+BODY_LIMIT = 1024
+USER_AGENT = f"dentally-notifier/{__version__} (webhooks)"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    status: int | None
+    latency: float
+    error: str = ""
+    retry_after: float | None = None
+    unsafe: bool = False
+
+
+class Sender:
+    def __init__(self, url: str, secrets: Sequence[str], *, timeout: float,
+                 max_in_flight: int, allow_private: bool,
+                 transport: httpx.AsyncBaseTransport | None = None,
+                 wall: Callable[[], float] = time.time) -> None:
+        for s in secrets:
+            signing.secret_key(s)  # fail at start on a malformed secret, naming no secret
+        self.url = url
+        self.secrets = list(secrets)
+        self.guard = URLGuard(url, allow_private)
+        self._wall = wall
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=max_in_flight,
+                                max_keepalive_connections=max_in_flight),
+            follow_redirects=False, headers={"User-Agent": USER_AGENT}, transport=transport)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+    async def send(self, event_id: str, payload: bytes) -> Attempt:
+        started = time.monotonic()
+        try:
+            await self.guard.check()
+        except UnsafeURL as exc:
+            return Attempt(None, 0.0, str(exc), unsafe=True)
+        headers = signing.headers(self.secrets, event_id, int(self._wall()), payload)
+        try:
+            async with self.client.stream("POST", self.url, content=payload,
+                                          headers=headers) as response:
+                read = 0
+                async for chunk in response.aiter_raw():
+                    read += len(chunk)
+                    if read >= BODY_LIMIT:
+                        break
+                status = response.status_code
+                retry_after = None
+                if status in (429, 503):
+                    retry_after = parse_retry_after(response.headers.get("retry-after"),
+                                                    self._wall())
+        except httpx.TimeoutException:
+            return Attempt(None, time.monotonic() - started, "timed out")
+        except httpx.TransportError as exc:
+            return Attempt(None, time.monotonic() - started,
+                           f"{type(exc).__name__}: {exc}"[:200])
+        error = "" if 200 <= status < 300 else f"HTTP {status}"
+        return Attempt(status, time.monotonic() - started, error, retry_after)
