@@ -4,7 +4,8 @@ Exit codes (also in the README):
     0  success
     1  unexpected internal error (a bug: please report it with the log)
     2  bad usage or invalid configuration (the message names the key)
-    3  ``check`` found a problem (the table says which)
+    3  ``check`` found a problem (the table says which), or ``redeliver`` could not
+       deliver every event
     4  Redis could not be reached at start
 """
 
@@ -14,6 +15,7 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 import anyio
 
@@ -38,6 +40,20 @@ def _parser() -> argparse.ArgumentParser:
 
     with_config(sub.add_parser("run", help="run the daemon"))
     with_config(sub.add_parser("check", help="validate config, Redis, keys and scopes"))
+    st = sub.add_parser("status", help="cursors, errors, subscribers, from Redis alone")
+    with_config(st)
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    rd = sub.add_parser("redeliver", help="re-send a subscriber's dead letters or events")
+    with_config(rd)
+    rd.add_argument("subscriber")
+    which = rd.add_mutually_exclusive_group()
+    which.add_argument("--id", dest="event_id", help="one event, by its id (evt_...)")
+    which.add_argument("--since", help="every matching event since this ISO 8601 time")
+    sc = sub.add_parser("subscriber", help="manage a subscriber")
+    sc_sub = sc.add_subparsers(dest="action", required=True, metavar="ACTION")
+    en = sc_sub.add_parser("enable", help="turn a disabled subscriber back on")
+    with_config(en)
+    en.add_argument("subscriber")
     demo = sub.add_parser("demo", help="sandbox, embedded Redis and daemon: watch events flow")
     demo.add_argument("--duration", type=float, default=None,
                       help="stop after this many seconds (default: until Ctrl-C)")
@@ -75,6 +91,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = _load(args.config)
             from notifier.service import check
             return EXIT_OK if anyio.run(check.run, settings, sys.stdout) else EXIT_CHECK
+        if args.command == "status":
+            settings = _load(args.config)
+            from notifier.service import status
+            anyio.run(status.run, settings, sys.stdout, args.json)
+            return EXIT_OK
+        if args.command == "redeliver":
+            settings = _load(args.config)
+            from notifier.service import admin
+            ok = anyio.run(partial(admin.redeliver, settings, args.subscriber, sys.stdout,
+                                   event_id=args.event_id, since=args.since))
+            return EXIT_OK if ok else EXIT_CHECK
+        if args.command == "subscriber":
+            settings = _load(args.config)
+            from notifier.service import admin
+            anyio.run(admin.enable, settings, args.subscriber, sys.stdout)
+            return EXIT_OK
         if args.command == "demo":
             from notifier import demo
             anyio.run(demo.run, args.duration, args.records)

@@ -40,7 +40,8 @@ async def needed_ids(redis: Redis, stream: str, groups: set[str]) -> list[tuple[
         name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
         if name not in groups:
             continue
-        out.append(parse_id(info["last-delivered-id"]))
+        ms, seq = parse_id(info["last-delivered-id"])
+        out.append((ms, seq + 1))  # everything after what the group has read
         if info["pending"]:
             summary: Any = await redis.xpending(stream, name)
             if summary and summary.get("min"):

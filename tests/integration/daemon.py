@@ -16,7 +16,9 @@ import anyio
 
 
 def write_config(path: Path, *, redis_url: str, prefix: str, stream: str, base_url: str,
-                 key: str, practice: str = "main", **practice_keys: Any) -> Path:
+                 key: str, practice: str = "main",
+                 subscribers: list[dict[str, Any]] | None = None,
+                 **practice_keys: Any) -> Path:
     keys = {"name": practice, "region": "sandbox", "base_url": base_url, "api_key": key,
             "poll_interval": 0.2, **practice_keys}
 
@@ -26,6 +28,8 @@ def write_config(path: Path, *, redis_url: str, prefix: str, stream: str, base_u
     lines = ["[redis]", f"url = {toml(redis_url)}", f"stream = {toml(stream)}",
              f"prefix = {toml(prefix)}", "", "[[practices]]"]
     lines += [f"{k} = {toml(v)}" for k, v in keys.items()]
+    for sub in subscribers or []:
+        lines += ["", "[[subscribers]]"] + [f"{k} = {toml(v)}" for k, v in sub.items()]
     lines += ["", "[log]", 'format = "json"', 'level = "debug"']
     path.write_text("\n".join(lines) + "\n")
     return path

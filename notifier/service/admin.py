@@ -1,0 +1,107 @@
+"""Operator commands that act on one subscriber: ``redeliver`` and ``subscriber enable``."""
+
+from __future__ import annotations
+
+import fnmatch
+import time
+from typing import Any, TextIO
+
+from redis.asyncio import Redis
+
+from notifier.config import Settings, SubscriberConfig
+from notifier.core.timefmt import parse_ms
+from notifier.delivery.sender import Sender
+from notifier.errors import ConfigError
+from notifier.service.daemon import connect
+from notifier.store.delivery import DeliveryStore
+from notifier.store.keys import Keys
+
+
+def find(settings: Settings, name: str) -> SubscriberConfig:
+    for sub in settings.subscribers:
+        if sub.name == name:
+            return sub
+    known = ", ".join(s.name for s in settings.subscribers) or "none"
+    raise ConfigError(f"no subscriber named {name!r} in the config (configured: {known})")
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+async def _scan(redis: Redis, stream: str, start: str = "-") -> Any:
+    """Every entry of ``stream`` from ``start``, in chunks."""
+    while True:
+        chunk: Any = await redis.xrange(stream, start, "+", count=1000)
+        for entry in chunk:
+            yield entry
+        if len(chunk) < 1000:
+            return
+        last = _text(chunk[-1][0])
+        ms, seq = last.split("-")
+        start = f"{ms}-{int(seq) + 1}"
+
+
+async def redeliver(settings: Settings, name: str, out: TextIO, *, event_id: str | None = None,
+                    since: str | None = None) -> bool:
+    """Send a subscriber's dead letters (default), one event by id, or every matching
+    event since a time. True when every one was accepted (2xx)."""
+    sub = find(settings, name)
+    redis = await connect(settings)
+    db = DeliveryStore(redis, Keys(settings.redis.prefix), settings.redis.stream, name)
+    sender = Sender(sub.url, sub.secret_values(), timeout=sub.timeout,
+                    max_in_flight=sub.max_in_flight, allow_private=sub.allow_private)
+    todo: list[tuple[str | None, str, bytes]] = []   # (dead-letter entry, event id, payload)
+    try:
+        if since is not None:
+            try:
+                ms = parse_ms(since)
+            except ValueError as exc:
+                raise ConfigError(f"--since: {exc}") from None
+            async for _, f in _scan(redis, settings.redis.stream, f"{ms}-0"):
+                if any(fnmatch.fnmatchcase(_text(f[b"type"]), p) for p in sub.events):
+                    todo.append((None, _text(f[b"id"]), f[b"payload"]))
+        else:
+            async for entry_id, f in _scan(redis, db.k_dead):
+                if event_id is None or _text(f[b"id"]) == event_id:
+                    todo.append((_text(entry_id), _text(f[b"id"]), f[b"payload"]))
+            if event_id is not None and not todo:
+                async for _, f in _scan(redis, settings.redis.stream):
+                    if _text(f[b"id"]) == event_id:
+                        todo.append((None, event_id, f[b"payload"]))
+                        break
+            if event_id is not None and not todo:
+                print(f"event {event_id} is neither a dead letter of {name} nor in the "
+                      "retained stream", file=out)
+                return False
+        failed = 0
+        for dead_entry, eid, payload in todo:
+            attempt = await sender.send(eid, payload)
+            ok = attempt.status is not None and 200 <= attempt.status < 300
+            if ok and dead_entry is not None:
+                await redis.xdel(db.k_dead, dead_entry)
+            await db.log_attempt(at=time.time(), event=eid, status=attempt.status,
+                                 latency=round(attempt.latency, 4), error=attempt.error,
+                                 attempt=0, redelivery=True)
+            failed += not ok
+            print(f"{eid}  {'ok' if ok else 'FAILED'}  {attempt.status or attempt.error}",
+                  file=out)
+        print(f"redelivered {len(todo) - failed} of {len(todo)} to {name}", file=out)
+        return failed == 0
+    finally:
+        await sender.aclose()
+        await redis.aclose()
+
+
+async def enable(settings: Settings, name: str, out: TextIO) -> None:
+    find(settings, name)
+    redis = await connect(settings)
+    try:
+        db = DeliveryStore(redis, Keys(settings.redis.prefix), settings.redis.stream, name)
+        was = (await db.state()).get("disabled") == "1"
+        await db.clear_state("disabled", "failing_since")
+        await db.set_state(enabled_at=str(time.time()))
+        print(f"subscriber {name} {'enabled' if was else 'was not disabled'}; a running "
+              "daemon resumes delivery within a second", file=out)
+    finally:
+        await redis.aclose()

@@ -1,0 +1,160 @@
+"""``dentally-notifier status``: what the daemon is doing, read from Redis alone.
+
+Works whether the daemon runs or not. Shows no secret: nothing secret is in Redis.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+from typing import Any, TextIO
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from notifier.config import Settings
+from notifier.core.timefmt import format_ms
+from notifier.service.daemon import connect
+from notifier.service.retention import parse_id
+from notifier.store.delivery import DeliveryStore
+from notifier.store.keys import Keys
+from notifier.store.redis import Store
+
+
+def _ago(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "never"
+    s = max(0.0, now - ts)
+    if s < 120:
+        return f"{s:.0f}s ago"
+    if s < 7200:
+        return f"{s / 60:.0f}m ago"
+    if s < 172800:
+        return f"{s / 3600:.1f}h ago"
+    return f"{s / 86400:.1f}d ago"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+async def collect(settings: Settings, redis: Redis, now: float) -> dict[str, Any]:
+    keys = Keys(settings.redis.prefix)
+    store = Store(redis, keys, settings.redis.stream)
+    stream = settings.redis.stream
+    out: dict[str, Any] = {"at": now, "stream": {"name": stream,
+                                                 "length": await redis.xlen(stream)},
+                           "practices": [], "subscribers": []}
+    first: Any = await redis.xrange(stream, count=1)
+    if first:
+        out["stream"]["oldest_age"] = now - parse_id(first[0][0])[0] / 1000
+    for p in settings.practices:
+        resources = []
+        for name in p.resources:
+            raw: Any = await redis.hgetall(keys.cursor(p.name, name))
+            f = {k.decode(): v.decode() for k, v in raw.items()}
+            progress = await store.progress(p.name, name)
+            resources.append({
+                "resource": name,
+                "cursor": None if progress.cursor is None else format_ms(progress.cursor),
+                "synced": progress.synced,
+                "windows_pending": len(progress.windows),
+                "backfill_from": (format_ms(progress.windows[0].lo)
+                                  if progress.windows and progress.windows[0].lo else None),
+                "last_poll_at": _float(f.get("last_poll_at")),
+                "last_error": f.get("last_error") or None,
+                "last_error_at": _float(f.get("last_error_at")),
+                "tracked": await redis.hlen(keys.snapshots(p.name, name)),
+            })
+        out["practices"].append({"name": p.name, "url": p.url, "resources": resources})
+    groups: dict[str, Any] = {}
+    try:
+        for info in await redis.xinfo_groups(stream):
+            name = _text(info["name"])
+            groups[name] = info
+    except ResponseError:
+        pass
+    for sub in settings.subscribers:
+        db = DeliveryStore(redis, keys, stream, sub.name)
+        state = await db.state()
+        g: Any = groups.get(sub.name)
+        oldest_needed = None
+        if g is not None and g.get("pending"):
+            summary: Any = await redis.xpending(stream, sub.name)
+            if summary and summary.get("min"):
+                oldest_needed = now - parse_id(summary["min"])[0] / 1000
+        last: Any = await redis.lrange(db.k_log, 0, 0)
+        out["subscribers"].append({
+            "name": sub.name,
+            "enabled": state.get("disabled") != "1",
+            "disabled_reason": state.get("disabled_reason"),
+            "group": g is not None,
+            "lag": None if g is None else g.get("lag"),
+            "pending": None if g is None else g.get("pending"),
+            "oldest_undelivered_age": oldest_needed,
+            "retention": settings.redis.retention,
+            "retries_pending": await redis.zcard(db.k_retry),
+            "dead_letters": await redis.xlen(db.k_dead),
+            "failing_since": _float(state.get("failing_since")),
+            "last_success_at": _float(state.get("last_success_at")),
+            "last_attempt": json.loads(last[0]) if last else None,
+            "group_lost_at": _float(state.get("group_lost_at")),
+            "group_lost_count": int(state.get("group_lost_count", "0")),
+        })
+    return out
+
+
+def render(data: dict[str, Any], out: TextIO) -> None:
+    now = data["at"]
+    s = data["stream"]
+    print(f"stream {s['name']}: {s['length']} events"
+          + (f", oldest {_ago(now - s['oldest_age'], now)}" if "oldest_age" in s else ""),
+          file=out)
+    for p in data["practices"]:
+        print(f"\npractice {p['name']} ({p['url']})", file=out)
+        for r in p["resources"]:
+            state = "synced" if r["synced"] else (
+                f"first sync: {r['windows_pending']} windows left" if r["windows_pending"]
+                else "not started")
+            line = (f"  {r['resource']:<13} cursor {r['cursor'] or '-':<24} {state:<28} "
+                    f"{r['tracked']:>8} tracked  polled {_ago(r['last_poll_at'], now)}")
+            print(line, file=out)
+            if r["last_error"]:
+                print(f"    last error ({_ago(r['last_error_at'], now)}): {r['last_error']}",
+                      file=out)
+    for sub in data["subscribers"]:
+        state = "enabled" if sub["enabled"] else f"DISABLED ({sub['disabled_reason']})"
+        print(f"\nsubscriber {sub['name']}: {state}", file=out)
+        age = sub["oldest_undelivered_age"]
+        lag = "-" if sub["lag"] is None else sub["lag"]
+        print(f"  lag {lag} unread, {sub['pending'] or 0} in flight or retrying"
+              + (f", oldest undelivered {age / 3600:.1f}h of {sub['retention'] / 3600:.0f}h "
+                 "retention" if age is not None else ""), file=out)
+        print(f"  retries pending {sub['retries_pending']}, dead letters "
+              f"{sub['dead_letters']}, last success {_ago(sub['last_success_at'], now)}",
+              file=out)
+        if sub["group_lost_count"]:
+            when = datetime.fromtimestamp(sub["group_lost_at"], UTC).isoformat(
+                timespec="seconds")
+            print(f"  consumer group lost {sub['group_lost_count']}x (last {when}): "
+                  "events appended before that and not delivered may be lost", file=out)
+
+
+async def run(settings: Settings, out: TextIO, as_json: bool) -> None:
+    redis = await connect(settings)
+    try:
+        data = await collect(settings, redis, time.time())
+    finally:
+        await redis.aclose()
+    if as_json:
+        print(json.dumps(data, indent=2, default=str), file=out)
+    else:
+        render(data, out)
