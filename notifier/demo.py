@@ -2,28 +2,37 @@
 
 The sandbox on a free loopback port, an embedded Valkey (unless ``REDIS_URL`` is set), the
 daemon polling the sandbox every second, a task that keeps changing sandbox records, and a
-printer that shows each event as it lands in the stream.
+local webhook receiver that verifies each delivery's signature and prints it.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import logging
 import os
 import random
+import secrets
 import signal
+import socket
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import anyio
+import uvicorn
 from redis.asyncio import Redis
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
-from notifier import config
+from notifier import config, signing
 from notifier.ops import logging as logsetup
-from notifier.sandbox.server import bind, serve
+from notifier.sandbox.server import QuietServer, bind, serve
 from notifier.sandbox.state import Sandbox
 from notifier.service import daemon
 
@@ -66,15 +75,24 @@ def describe(event: dict[str, Any]) -> str:
     return line
 
 
-async def _print_events(redis: Redis, stream: str) -> None:
-    last = "0-0"
-    while True:
-        reply: Any = await redis.xread({stream: last}, block=1000, count=100)
-        for _, entries in reply:
-            for entry_id, fields in entries:
-                last = entry_id
-                event = json.loads(fields[b"payload"])
-                print(f"  event  {describe(event)}", flush=True)
+def receiver_app(secret: str) -> Starlette:
+    """A webhook receiver that checks each signature and prints one line per event."""
+
+    async def hook(request: Request) -> Response:
+        body = await request.body()
+        headers = {k.lower(): v for k, v in request.headers.items()}
+        ok = signing.verify([secret], headers, body, time.time())
+        event = json.loads(body)
+        mark = "signature ok" if ok else "BAD SIGNATURE"
+        print(f"  webhook  {describe(event)}  [{mark}]", flush=True)
+        return Response(status_code=204 if ok else 400)
+
+    return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+
+
+async def _serve_app(app: Starlette, sock: socket.socket) -> None:
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    await QuietServer(config).serve(sockets=[sock])
 
 
 async def _make_changes(sb: Sandbox) -> None:
@@ -102,23 +120,30 @@ async def run(duration: float | None = None, records: int = 20) -> None:
         sock = bind()
         base_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         tag = uuid.uuid4().hex[:8]
+        secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+        hook_sock = bind()
+        hook_url = f"http://127.0.0.1:{hook_sock.getsockname()[1]}/hook"
         settings = config.parse({
             "redis": {"url": url, "stream": f"dentally-notifier-demo-{tag}:events",
                       "prefix": f"dentally-notifier-demo-{tag}"},
             "practices": [{"name": "demo", "region": "sandbox", "base_url": base_url,
                            "api_key": DEMO_KEY, "poll_interval": 1, "initial_sync": "emit",
                            "overlap": 5}],
+            "subscribers": [{"name": "demo-receiver", "url": hook_url, "secret": secret,
+                             "allow_private": True, "start": "beginning",
+                             "retry_schedule": [1, 5, 30]}],
         }, "demo")
         print(f"Dentally sandbox: {base_url}   Redis: {daemon.redact(url)}   "
-              f"stream: {settings.redis.stream}", flush=True)
+              f"stream: {settings.redis.stream}   webhook receiver: {hook_url}", flush=True)
         print("The daemon publishes the sandbox's records, then every change the demo "
-              "makes (Ctrl-C to stop):", flush=True)
+              "makes; each arrives at the receiver as a signed webhook (Ctrl-C to stop):",
+              flush=True)
         redis = Redis.from_url(url)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(serve, sb, sock)
                 tg.start_soon(daemon.run, settings, False)
-                tg.start_soon(_print_events, redis, settings.redis.stream)
+                tg.start_soon(_serve_app, receiver_app(secret), hook_sock)
                 tg.start_soon(_make_changes, sb)
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     with anyio.move_on_after(duration if duration else float("inf")):

@@ -78,7 +78,7 @@ def test_demo_shows_events_within_10_seconds() -> None:
     seen = []
     try:
         for line in proc.stdout:
-            if "event " in line:
+            if "webhook " in line and "signature ok" in line:
                 seen.append((time.monotonic() - started, line))
                 if len(seen) >= 5 and any(".updated" in ln for _, ln in seen):
                     break

@@ -7,6 +7,7 @@ requests under pool contention leaks pool slots in httpcore 1.0.x), reads at mos
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,10 +63,11 @@ class Sender:
             async with self.client.stream("POST", self.url, content=payload,
                                           headers=headers) as response:
                 read = 0
-                async for chunk in response.aiter_raw():
-                    read += len(chunk)
-                    if read >= BODY_LIMIT:
-                        break
+                with contextlib.suppress(httpx.StreamConsumed):  # a body already in memory
+                    async for chunk in response.aiter_raw():
+                        read += len(chunk)
+                        if read >= BODY_LIMIT:
+                            break
                 status = response.status_code
                 retry_after = None
                 if status in (429, 503):

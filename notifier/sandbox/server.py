@@ -17,7 +17,7 @@ from notifier.sandbox.state import Sandbox
 DEFAULT_KEY = "sandbox-key"
 
 
-class _Server(uvicorn.Server):
+class QuietServer(uvicorn.Server):
     """uvicorn without its own signal handlers: the caller owns the process's signals."""
 
     @contextlib.contextmanager
@@ -38,11 +38,11 @@ def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
-def make_server(sb: Sandbox, sock: socket.socket) -> _Server:
+def make_server(sb: Sandbox, sock: socket.socket) -> QuietServer:
     config = uvicorn.Config(build_app(sb), log_level="warning", access_log=False,
                             date_header=False, server_header=False, lifespan="off",
                             fd=None)
-    server = _Server(config)
+    server = QuietServer(config)
     server._sandbox_socket = sock  # type: ignore[attr-defined]
     return server
 
@@ -64,7 +64,7 @@ class AppThread:
         self.port: int = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-        self._server = _Server(config)
+        self._server = QuietServer(config)
         self._thread = threading.Thread(target=self._run, name="app", daemon=True)
 
     def _run(self) -> None:
