@@ -8,6 +8,7 @@ requests under pool contention leaks pool slots in httpcore 1.0.x), reads at mos
 from __future__ import annotations
 
 import contextlib
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from notifier.delivery.safety import URLGuard
 from notifier.errors import UnsafeURL
 
 BODY_LIMIT = 1024
+NODELAY = [(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)]
 USER_AGENT = f"dentally-notifier/{__version__} (webhooks)"
 
 
@@ -43,11 +45,15 @@ class Sender:
         self.secrets = list(secrets)
         self.guard = URLGuard(url, allow_private)
         self._wall = wall
+        limits = httpx.Limits(max_connections=max_in_flight,
+                              max_keepalive_connections=max_in_flight)
+        # httpx writes a POST's headers and body separately; without TCP_NODELAY, Nagle's
+        # algorithm holds the body until the receiver's delayed ACK, 40 ms later.
+        transport = transport or httpx.AsyncHTTPTransport(limits=limits,
+                                                          socket_options=NODELAY)
         self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=max_in_flight,
-                                max_keepalive_connections=max_in_flight),
-            follow_redirects=False, headers={"User-Agent": USER_AGENT}, transport=transport)
+            timeout=httpx.Timeout(timeout), limits=limits, follow_redirects=False,
+            headers={"User-Agent": USER_AGENT}, transport=transport)
 
     async def aclose(self) -> None:
         await self.client.aclose()

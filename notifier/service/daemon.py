@@ -9,7 +9,7 @@ from functools import partial
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from notifier.config import Settings
@@ -35,8 +35,21 @@ def redact(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
+def pool_size(settings: Settings) -> int:
+    """Connections the daemon may need at once: each subscriber holds one in a blocking read
+    and uses more while its deliveries complete; each practice polls its resources."""
+    return 16 + 4 * len(settings.subscribers) + 2 * sum(len(p.resources)
+                                                         for p in settings.practices)
+
+
+def client(url: str, max_connections: int) -> Redis:
+    """A client whose pool waits for a free connection instead of failing at its limit."""
+    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30)
+    return Redis(connection_pool=pool)
+
+
 async def connect(settings: Settings) -> Redis:
-    redis = Redis.from_url(settings.redis.url)
+    redis = client(settings.redis.url, pool_size(settings))
     try:
         await redis.ping()
     except RedisError as exc:

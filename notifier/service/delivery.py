@@ -10,6 +10,7 @@ daemon sends it again (at-least-once, same ``webhook-id``).
 from __future__ import annotations
 
 import fnmatch
+import json
 import logging
 import random
 import time
@@ -34,6 +35,7 @@ from notifier.store.redis import Store
 log = logging.getLogger("notifier.delivery")
 
 CONSUMER = "dentally-notifier"
+FLUSH_DELAY = 0.005
 READ_COUNT = 100
 STATE_POLL = 1.0
 
@@ -63,6 +65,10 @@ class SubscriberWorker:
         self._wall = wall
         self._rand = rand
         self._extra = {"subscriber": sub.name}
+        self._acks: list[str] = []
+        self._acking: set[str] = set()
+        self._logs: list[str] = []
+        self._flush_due = anyio.Event()
 
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self) -> None:
@@ -74,10 +80,37 @@ class SubscriberWorker:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_state)
                 tg.start_soon(self._retrier, tg)
+                tg.start_soon(self._flusher)
                 await self._reader(tg)
         finally:
             with anyio.CancelScope(shield=True):
+                with anyio.move_on_after(5):
+                    await self._flush()
                 await self.sender.aclose()
+
+    async def _flusher(self) -> None:
+        """Acks and attempt records go to Redis in batches: one round trip for many
+        deliveries. An ack lost in a crash only means the event is sent again."""
+        while True:
+            await self._flush_due.wait()
+            await anyio.sleep(FLUSH_DELAY)
+            await self._flush()
+
+    async def _flush(self) -> None:
+        self._flush_due = anyio.Event()
+        acks, logs = self._acks, self._logs
+        if not acks and not logs:
+            return
+        self._acks, self._logs = [], []
+        await self.db.flush(acks, logs, self._wall())
+        self._acking.difference_update(acks)
+
+    def _queue(self, ack: str | None, record: dict[str, Any]) -> None:
+        if ack is not None:
+            self._acks.append(ack)
+            self._acking.add(ack)  # the retrier must not pick it up before the ack lands
+        self._logs.append(json.dumps(record))
+        self._flush_due.set()
 
     async def _watch_state(self) -> None:
         while True:
@@ -171,7 +204,7 @@ class SubscriberWorker:
             await self._wait_enabled()
             now = self._wall()
             for entry_id in await self.db.due(now, READ_COUNT):
-                if entry_id in self.retrying:
+                if entry_id in self.retrying or entry_id in self._acking:
                     continue
                 fields = await self.db.entry(entry_id)
                 if fields is None:
@@ -201,7 +234,10 @@ class SubscriberWorker:
                 self.slots.release()
             await self._record(tg, entry, tries, attempt)
         except RedisError as exc:
+            # The event stays pending in the group: the supervisor restarts this worker,
+            # which sends it again from the pending list.
             log.error("could not record delivery of %s: %s", event_id, exc, extra=self._extra)
+            raise
         finally:
             self.retrying.discard(entry_id)
 
@@ -217,13 +253,14 @@ class SubscriberWorker:
         event_id = fields.get("id", b"").decode()
         now = self._wall()
         outcome = verdict(attempt.status)
-        await self.db.log_attempt(at=now, event=event_id, status=attempt.status,
-                                  latency=round(attempt.latency, 4), error=attempt.error,
-                                  attempt=tries + 1)
+        record = {"at": now, "event": event_id, "status": attempt.status,
+                  "latency": round(attempt.latency, 4), "error": attempt.error,
+                  "attempt": tries + 1}
         if outcome == "delivered":
-            await self.db.delivered(entry_id, now)
+            self._queue(entry_id, record)
             self._release(tg, fields)
             return
+        self._queue(None, record)
         tries += 1
         if outcome == "gone":
             await self.db.schedule_retry(entry_id, tries, now, now)

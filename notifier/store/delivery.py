@@ -73,12 +73,20 @@ class DeliveryStore:
         return {k.decode(): v for k, v in found[0][1].items()}
 
     async def delivered(self, entry_id: str, now: float) -> None:
+        await self.flush([entry_id], [], now)
+
+    async def flush(self, delivered: list[str], log: list[str], now: float) -> None:
+        """Acknowledge delivered entries and append attempt records, in one transaction."""
         async with self.redis.pipeline(transaction=True) as p:
-            p.xack(self.stream, self.group, entry_id)
-            p.zrem(self.k_retry, entry_id)
-            p.hdel(self.k_tries, entry_id)
-            p.hset(self.k_state, "last_success_at", str(now))
-            p.hdel(self.k_state, "failing_since")
+            if delivered:
+                p.xack(self.stream, self.group, *delivered)
+                p.zrem(self.k_retry, *delivered)
+                p.hdel(self.k_tries, *delivered)
+                p.hset(self.k_state, "last_success_at", str(now))
+                p.hdel(self.k_state, "failing_since")
+            if log:
+                p.lpush(self.k_log, *log)
+                p.ltrim(self.k_log, 0, LOG_LENGTH - 1)
             await p.execute()
 
     async def skip(self, entry_id: str) -> None:
