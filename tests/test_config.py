@@ -52,7 +52,7 @@ def test_minimal_product_config_loads(tmp_path: Path, monkeypatch: pytest.Monkey
 
 def test_example_config_is_valid(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DENTALLY_API_KEY", "k")
-    monkeypatch.setenv("CRM_WEBHOOK_SECRET", "whsec_x")
+    monkeypatch.setenv("CRM_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
     s = config.load(ROOT / "config.example.toml")
     assert s.practices and s.subscribers
 
@@ -128,3 +128,13 @@ def test_cli_exits_2_naming_the_key(tmp_path: Path) -> None:
                           env={"TEST_DENTALLY_KEY": "k", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 2
     assert "practices[0] (main).region" in done.stderr
+
+
+def test_malformed_webhook_secret_is_named_not_echoed(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_DENTALLY_KEY", "k1")
+    text = MINIMAL.replace('secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"',
+                           'secret = "whsec_!!!notbase64"')
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, text))
+    assert "subscriber 'crm' secret" in str(info.value) and "!!!" not in str(info.value)
