@@ -230,3 +230,21 @@ async def test_lost_group_is_recreated_and_reported(store: Store) -> None:
             await wait_until(lambda: _count(rx, 2), 10, "delivery after the loss")
     state = await DeliveryStore(store.redis, store.keys, store.stream, "crm").state()
     assert state["group_lost_count"] == "1" and float(state["group_lost_at"]) > 0
+
+
+async def test_max_per_second_caps_the_rate(store: Store) -> None:
+    with Receiver() as rx:
+        await publish(store, 12)
+        async with running(store, sub("crm", rx.url, max_per_second=20)):
+            await wait_until(lambda: _count(rx, 12), 10, "12 deliveries")
+    span = rx.received[-1].at - rx.received[0].at
+    # a bucket of 20 lets 20 through at once; 12 fit, so now a tighter cap:
+    assert span < 1.0
+    with Receiver() as rx2:
+        await publish(store, 10, start=100)
+        async with running(store, sub("slow", rx2.url, max_per_second=10, start="now")):
+            await anyio.sleep(0.2)
+            await publish(store, 20, start=200)
+            await wait_until(lambda: _count(rx2, 20), 10, "20 deliveries")
+    span = rx2.received[-1].at - rx2.received[0].at
+    assert span >= 0.9  # 10 at once (the burst), the other 10 at 10 per second

@@ -60,6 +60,7 @@ async def test_kill_9_during_delivery_loses_no_event(
         await wait_until(all_in, 60, "every event delivered after the restart")
     assert before < 300
     assert set(rx.ids()) == expected
+    assert SECRET not in daemon.log.read_text()
 
 
 async def test_dead_letters_are_redelivered_by_the_command(
