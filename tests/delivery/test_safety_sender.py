@@ -29,9 +29,9 @@ def test_public_addresses_pass(address: str) -> None:
 
 
 async def test_guard_resolves_names_and_honours_allow_private() -> None:
-    with pytest.raises(UnsafeURL, match="localhost resolves to .* loopback.*allow_private"):
+    with pytest.raises(UnsafeURL, match=r"localhost resolves to .* loopback.*allow_private"):
         await URLGuard("http://localhost:9/hook", allow_private=False).check()
-    with pytest.raises(UnsafeURL, match="169.254.169.254"):
+    with pytest.raises(UnsafeURL, match=r"169\.254\.169\.254"):
         await URLGuard("http://169.254.169.254/latest", allow_private=False).check()
     await URLGuard("http://localhost:9/hook", allow_private=True).check()
     await URLGuard("https://93.184.216.34/hook", allow_private=False).check()
