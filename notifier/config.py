@@ -95,6 +95,8 @@ class PracticeConfig(_Strict):
     per_page: Annotated[int, Field(ge=1, le=100)] = 100
     window_rows: Annotated[int, Field(ge=100)] = 2000
     timeout: Seconds = 30.0
+    key_probe_interval: Seconds = 3600.0
+    scope_recheck_interval: Seconds = 86_400.0
 
     @field_validator("resources")
     @classmethod

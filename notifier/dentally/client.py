@@ -80,6 +80,10 @@ class DentallyClient:
         self.clock = ServerClock()
         self.rate = RateState(None, None, None)
         self.requests = 0
+        self.last_success: float | None = None
+        """Unix time of the last 2xx: what keeps the key alive."""
+        self.rejected = False
+        """Set by a 401: no further request is made with this key except ``probe`` ones."""
         self._mono = monotonic
         self._wall = wall
         self._http = httpx.AsyncClient(
@@ -102,9 +106,16 @@ class DentallyClient:
         """The server's time in ms, estimated from the last ``Date`` header."""
         return self.clock.now(self._mono())
 
-    async def get(self, path: str, params: dict[str, str] | None = None) -> Any:
-        """GET ``/v1{path}`` and return its JSON body, or raise a DentallyError."""
+    async def get(self, path: str, params: dict[str, str] | None = None, *,
+                  probe: bool = False) -> Any:
+        """GET ``/v1{path}`` and return its JSON body, or raise a DentallyError.
+
+        After a 401 every call fails at once without a request (no retry storm on a dead
+        key) unless it is a ``probe``.
+        """
         what = f"GET {path}"
+        if self.rejected and not probe:
+            raise AuthError(f"{what}: not sent, the key was rejected")
         self.requests += 1
         try:
             response = await self._http.get("/v1" + path, params=params)
@@ -115,6 +126,8 @@ class DentallyClient:
         self._observe(response)
         status = response.status_code
         if 200 <= status < 300:
+            self.last_success = self._wall()
+            self.rejected = False
             try:
                 return response.json()
             except ValueError:
@@ -142,6 +155,7 @@ class DentallyClient:
         detail = _error_message(response)
         message = f"{what}: {status}" + (f" {detail}" if detail else "")
         if status == 401:
+            self.rejected = True
             return AuthError(message, status=status)
         if status == 429 or (status == 403 and (self.rate.remaining == 0
                                                 or "rate limit" in detail.lower())):
@@ -157,8 +171,8 @@ class DentallyClient:
             return TransientError(message, status=status)
         return BadRequest(message, status=status)
 
-    async def user(self) -> dict[str, Any]:
-        body = await self.get("/user")
+    async def user(self, probe: bool = False) -> dict[str, Any]:
+        body = await self.get("/user", probe=probe)
         if not isinstance(body, dict) or not isinstance(body.get("user"), dict):
             raise MalformedResponse("GET /user: no 'user' object in the body")
         return dict(body["user"])

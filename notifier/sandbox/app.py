@@ -59,8 +59,10 @@ def build_app(sb: Sandbox) -> Starlette:
         key = sb.keys.get(token)
         now = sb.clock.now_ms()
         if key is None or key.revoked:
+            sb.rejected[token] = sb.rejected.get(token, 0) + 1
             raise _Reject(_error(401, "unauthorized", "Invalid or revoked API key", base))
         if key.last_used_ms is not None and now - key.last_used_ms > q.key_idle_expiry * 1000:
+            sb.rejected[token] = sb.rejected.get(token, 0) + 1
             raise _Reject(_error(401, "unauthorized", "API key has expired", base))
         allowed, remaining, reset = sb.spend(key.user_id)
         headers = {**base, "x-ratelimit-limit": str(q.rate_limit),
@@ -227,7 +229,8 @@ def build_app(sb: Sandbox) -> Starlette:
                 sb.quirks.update(data)
             return _json({k: getattr(sb.quirks, k) for k in sb.quirks.__dataclass_fields__})
         if parts == ["stats"]:
-            return _json({"requests": sb.requests, "total": sb.requests_total,
+            return _json({"requests": sb.requests, "rejected": sb.rejected,
+                          "total": sb.requests_total,
                           "now_ms": sb.clock.now_ms()})
         if parts and parts[0] == "keys":
             if len(parts) == 1 and method == "POST":

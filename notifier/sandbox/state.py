@@ -159,6 +159,7 @@ class Sandbox:
         self.keys: dict[str, Key] = {}
         self.windows: dict[int, tuple[int, int]] = {}   # user_id -> (window start, used)
         self.requests: dict[str, int] = {}              # token -> API requests made
+        self.rejected: dict[str, int] = {}              # token -> requests refused with 401
         self.requests_total = 0
 
     # -- time -------------------------------------------------------------------------
@@ -247,7 +248,8 @@ class Sandbox:
 
     # -- keys and budget --------------------------------------------------------------
     def add_key(self, token: str, scopes: list[str] | None = None, user_id: int = 1) -> Key:
-        key = Key(token, user_id, set(scopes or ["*"]), last_used_ms=self.clock.now_ms())
+        key = Key(token, user_id, {"*"} if scopes is None else set(scopes),
+                  last_used_ms=self.clock.now_ms())
         self.keys[token] = key
         return key
 

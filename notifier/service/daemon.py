@@ -58,9 +58,14 @@ async def connect(settings: Settings) -> Redis:
     return redis
 
 
-async def _watch_signals(scope: anyio.CancelScope) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+async def _watch_signals(scope: anyio.CancelScope, runners: list[PracticeRunner]) -> None:
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         async for signum in signals:
+            if signum == signal.SIGHUP:
+                log.info("received SIGHUP; re-reading API keys")
+                for runner in runners:
+                    runner.reload()
+                continue
             log.info("received %s; stopping", signal.Signals(signum).name)
             scope.cancel()
             return
@@ -93,10 +98,11 @@ async def run(settings: Settings, handle_signals: bool = True) -> None:
              len(settings.subscribers), settings.redis.stream)
     try:
         async with anyio.create_task_group() as tg:
+            runners = [PracticeRunner(store, p, owner) for p in settings.practices]
             if handle_signals:
-                tg.start_soon(_watch_signals, tg.cancel_scope)
-            for practice in settings.practices:
-                tg.start_soon(PracticeRunner(store, practice, owner).run)
+                tg.start_soon(_watch_signals, tg.cancel_scope, runners)
+            for runner in runners:
+                tg.start_soon(runner.run)
             for sub in settings.subscribers:
                 tg.start_soon(supervise, partial(SubscriberWorker, redis, keys, store, sub),
                               sub.name)

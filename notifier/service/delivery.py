@@ -300,12 +300,16 @@ async def supervise(worker_factory: Callable[[], SubscriberWorker], name: str) -
     """Run one subscriber's worker for ever, restarting it (with backoff) on Redis errors,
     so that one subscriber's trouble never stops the daemon or another subscriber."""
     from notifier.core.retry import backoff
+    from notifier.service.poller import sole
 
     attempt = 0
     while True:
         try:
             worker = worker_factory()
-            await worker.run()
+            try:
+                await worker.run()
+            except BaseExceptionGroup as group:
+                raise sole(group) from None
         except (RedisError, OSError) as exc:
             delay = backoff(attempt, cap=60)
             attempt += 1

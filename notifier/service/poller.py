@@ -171,6 +171,15 @@ class ResourcePoller:
         progress = cursor.start(progress, await self._server_now(), self.policy)
         reader = cursor.WindowRead(progress, self.closed, self.policy)
         codec = await store.codec(self.practice, name)
+        try:
+            return await self._read_windows(reader, codec)
+        except BaseExceptionGroup as group:
+            # The task group only holds the page fetched ahead, whose errors are re-raised
+            # in order; surface the one error as itself, for the caller's except clauses.
+            raise sole(group) from None
+
+    async def _read_windows(self, reader: cursor.WindowRead, codec: Codec) -> int:
+        store, name = self.store, self.resource.name
         published = 0
         ahead: _Prefetch | None = None
         async with anyio.create_task_group() as tg:
@@ -210,3 +219,10 @@ class ResourcePoller:
                 published += len(changes.events)
         await store.note(self.practice, name, last_poll_at=str(self._wall()), last_error="")
         return published
+
+
+def sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The single error inside (nested) groups, or the group itself if there are several."""
+    while len(group.exceptions) == 1 and isinstance(group.exceptions[0], BaseExceptionGroup):
+        group = group.exceptions[0]
+    return group.exceptions[0] if len(group.exceptions) == 1 else group

@@ -13,6 +13,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -21,16 +22,26 @@ from redis.exceptions import RedisError
 from notifier.config import PracticeConfig
 from notifier.core import resources
 from notifier.core.cursor import Policy
+from notifier.core.keylife import fingerprint, idle_days_left, keepalive_wait, probe_wait
 from notifier.core.retry import backoff
 from notifier.dentally.client import DentallyClient
 from notifier.errors import AuthError, ConfigError, DentallyError, RateLimited, ScopeError
+from notifier.events import notifier_event
 from notifier.service.poller import ResourcePoller
 from notifier.store.redis import PracticeLock, Store
 
 log = logging.getLogger("notifier.practice")
 
 HOST = socket.gethostname()
-KEY_PROBE_INTERVAL = 3600.0
+KEY_FILE_POLL = 5.0        # while a key is dead, how often its file is re-read
+KEY_STATE_WRITE = 60.0     # how often the key's last use is written to Redis
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
 
 
 def owner_id() -> str:
@@ -65,6 +76,7 @@ class PracticeRunner:
         self._wall = wall
         self._extra = {"practice": cfg.name}
         self.auth_failure: AuthError | None = None
+        self._reload = anyio.Event()
 
     async def run(self) -> None:
         """Poll this practice for as long as we hold its lock; wait for it when we do not."""
@@ -108,6 +120,73 @@ class PracticeRunner:
             except RedisError as exc:
                 log.warning("could not renew the practice lock: %s", exc, extra=self._extra)
 
+    # -- the key's life ----------------------------------------------------------------
+    def reload(self) -> None:
+        """SIGHUP: re-read the key now (a revoked practice waits for exactly this)."""
+        self._reload.set()
+
+    async def _wait_for_change(self, timeout: float, fp: str) -> None:
+        """Sleep ``timeout`` seconds, or less if SIGHUP comes or the key source changes."""
+        self._reload = anyio.Event()
+        with anyio.move_on_after(timeout):
+            while True:
+                with anyio.move_on_after(KEY_FILE_POLL):
+                    await self._reload.wait()
+                    return
+                try:
+                    if fingerprint(self.cfg.api_key_value()) != fp:
+                        return
+                except ConfigError:
+                    pass
+
+    async def _key_state(self) -> dict[str, str]:
+        raw: Any = await self.store.redis.hgetall(self.store.keys.key_state(self.cfg.name))
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    async def _set_key_state(self, **fields: str) -> None:
+        mapping: dict[Any, Any] = fields
+        await self.store.redis.hset(self.store.keys.key_state(self.cfg.name), mapping=mapping)
+
+    async def _notify(self, type_: str, data: dict[str, Any], *identity: str) -> None:
+        event = notifier_event(type_, self.cfg.name, data,
+                               datetime.fromtimestamp(self._wall(), UTC), *identity)
+        if await self.store.publish(event):
+            log.info("published %s", type_, extra=self._extra)
+
+    async def _revoked(self, fp: str, exc: AuthError) -> None:
+        now = self._wall()
+        state = await self._key_state()
+        if state.get("state") == "revoked" and state.get("fingerprint") == fp:
+            await self._set_key_state(last_probe_at=str(now))
+            return
+        await self._set_key_state(state="revoked", since=str(now), fingerprint=fp,
+                                  last_probe_at=str(now), reason=str(exc))
+        await self._notify("notifier.key.revoked",
+                           {"reason": str(exc), "key": fp,
+                            "action": "create a new API key in Dentally and give it to "
+                                      "the notifier (key file or environment), then "
+                                      "reload it with SIGHUP"}, fp)
+        log.error("API key %s rejected (%s): polling stopped; a new key is picked up on "
+                  "SIGHUP or when the key file changes, and this one is tried again every "
+                  "%.0fs", fp, exc, self.cfg.key_probe_interval, extra=self._extra)
+
+    async def _key_ok(self, fp: str, client: DentallyClient) -> None:
+        now = self._wall()
+        state = await self._key_state()
+        if state.get("state") == "revoked":
+            await self._notify("notifier.key.restored", {"key": fp}, fp)
+            log.info("API key %s accepted; polling resumes from the stored cursors", fp,
+                     extra=self._extra)
+        days = idle_days_left(_float(state.get("last_success_at")), now)
+        if days is not None and state.get("fingerprint") == fp:
+            await self._notify("notifier.key.idle",
+                               {"key": fp, "expires_in_days": round(days, 1)},
+                               fp, state.get("last_success_at", ""))
+            log.warning("API key %s was unused for more than 10 days: Dentally expires it in "
+                        "%.1f days unless used", fp, days, extra=self._extra)
+        await self._set_key_state(state="ok", fingerprint=fp, since=str(now),
+                                  last_success_at=str(client.last_success or now))
+
     async def _serve(self) -> None:
         attempt = 0
         while True:
@@ -115,26 +194,37 @@ class PracticeRunner:
                 key = self.cfg.api_key_value()
             except ConfigError as exc:
                 log.error("%s", exc, extra=self._extra)
-                await anyio.sleep(60)
+                await self._wait_for_change(60, "")
                 continue
+            fp = fingerprint(key)
+            state = await self._key_state()
+            if state.get("state") == "revoked" and state.get("fingerprint") == fp:
+                wait = probe_wait(_float(state.get("last_probe_at")), self._wall(),
+                                  self.cfg.key_probe_interval)
+                if wait > 0:
+                    await self._wait_for_change(wait, fp)
+                    continue
             client = DentallyClient(self.cfg.url, key, timeout=self.cfg.timeout)
+            delay = 0.0
             try:
-                await client.user()
+                await client.user(probe=True)
                 attempt = 0
+                await self._key_ok(fp, client)
                 log.info("key ok; polling %s", ", ".join(self.cfg.resources),
                          extra=self._extra)
                 self.auth_failure = None
                 async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._keepalive, client, tg.cancel_scope)
                     for name in self.cfg.resources:
                         tg.start_soon(self._poll_loop, client, name, tg.cancel_scope)
-                delay = KEY_PROBE_INTERVAL if self.auth_failure else 0.0
-                if self.auth_failure:
-                    log.error("API key rejected (%s); polling stopped, next check in %.0fs",
-                              self.auth_failure, delay, extra=self._extra)
+                if self.auth_failure is not None:
+                    # Confirm once: a 401 on a list can be a glitch; one on /user is not.
+                    await client.user(probe=True)
+                    log.warning("a 401 was not confirmed by /v1/user; resuming",
+                                extra=self._extra)
             except AuthError as exc:
-                delay = KEY_PROBE_INTERVAL
-                log.error("API key rejected (%s); next check in %.0fs", exc, delay,
-                          extra=self._extra)
+                await self._revoked(fp, exc)
+                continue
             except RateLimited as exc:
                 delay = self._until(exc.reset_at)
                 log.warning("rate limited; waiting %.0fs", delay, extra=self._extra)
@@ -147,6 +237,29 @@ class PracticeRunner:
                 with anyio.CancelScope(shield=True):
                     await client.aclose()
             await anyio.sleep(delay)
+
+    async def _keepalive(self, client: DentallyClient, scope: anyio.CancelScope) -> None:
+        """Use the key at least every ``keepalive_interval`` whatever the pollers do, and
+        record its last use in Redis (at most once a minute)."""
+        recorded: float | None = None
+        while True:
+            now = self._wall()
+            if keepalive_wait(client.last_success, now, self.cfg.keepalive_interval) == 0:
+                try:
+                    await client.user()
+                except AuthError as exc:
+                    self.auth_failure = exc
+                    scope.cancel()
+                    return
+                except DentallyError as exc:
+                    log.warning("keep-alive request failed: %s", exc, extra=self._extra)
+            if client.last_success is not None and client.last_success != recorded:
+                with contextlib.suppress(RedisError):
+                    await self._set_key_state(last_success_at=str(client.last_success))
+                    recorded = client.last_success
+            wait = keepalive_wait(client.last_success, self._wall(),
+                                  self.cfg.keepalive_interval)
+            await anyio.sleep(min(max(wait, 1.0), KEY_STATE_WRITE))
 
     def _until(self, reset_at: float | None) -> float:
         if reset_at is None:
@@ -178,10 +291,16 @@ class PracticeRunner:
                 await self._note_error(name, f"rate limited: {exc}")
                 log.warning("rate limited; waiting %.0fs", delay, extra=extra)
             except ScopeError as exc:
-                delay = 86_400.0
+                delay = self.cfg.scope_recheck_interval
                 await self._note_error(name, f"scope denied: {exc}")
-                log.error("the key may not read %s (%s); checking again in a day", name, exc,
-                          extra=extra)
+                fp = fingerprint(self.cfg.api_key_value())
+                await self._notify("notifier.scope.denied",
+                                   {"resource": name, "key": fp, "reason": str(exc),
+                                    "action": "create a key with read access to this "
+                                              "resource, or remove it from resources"},
+                                   name, fp)
+                log.error("the key may not read %s (%s); trying again in %.0fs", name, exc,
+                          delay, extra=extra)
             except (DentallyError, RedisError) as exc:
                 delay = backoff(attempt)
                 attempt += 1

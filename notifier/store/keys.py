@@ -9,6 +9,7 @@ slot. The event stream's name is configured on its own (``[redis] stream``).
     <prefix>:{<practice>}:snap:<resource>     hash   record id -> compressed snapshot
     <prefix>:{<practice>}:zdict:<resource>    string compression dictionary of the snapshots
     <prefix>:{<practice>}:lock                string the daemon instance polling the practice
+    <prefix>:{<practice>}:key                 hash   key state, fingerprint, last success
     <prefix>:published:<event id>             string marks a notifier.* event as published
     <prefix>:sub:<name>:retry                 zset   stream entry id -> due time (unix s)
     <prefix>:sub:<name>:tries                 hash   stream entry id -> failed attempts so far
@@ -41,6 +42,9 @@ class Keys:
 
     def zdict(self, practice: str, resource: str) -> str:
         return f"{self._p(practice)}:zdict:{resource}"
+
+    def key_state(self, practice: str) -> str:
+        return f"{self._p(practice)}:key"
 
     def lock(self, practice: str) -> str:
         return f"{self._p(practice)}:lock"

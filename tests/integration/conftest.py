@@ -18,9 +18,10 @@ def daemon_factory(tmp_path: Path, redis_url: str, ns: Namespace, sandbox: Sandb
 
     def make(**practice_keys: Any) -> Daemon:
         n = len(made)
+        key = practice_keys.pop("key", sandbox.key or "")
         cfg = write_config(tmp_path / f"config{n}.toml", redis_url=redis_url,
                            prefix=ns.prefix, stream=ns.stream, base_url=sandbox.url,
-                           key=sandbox.key or "", **practice_keys)
+                           key=key, **practice_keys)
         d = Daemon(cfg, tmp_path / f"daemon{n}.log")
         made.append(d)
         return d

@@ -18,9 +18,12 @@ import anyio
 def write_config(path: Path, *, redis_url: str, prefix: str, stream: str, base_url: str,
                  key: str, practice: str = "main",
                  subscribers: list[dict[str, Any]] | None = None,
+                 more_practices: list[dict[str, Any]] | None = None,
                  **practice_keys: Any) -> Path:
     keys = {"name": practice, "region": "sandbox", "base_url": base_url, "api_key": key,
             "poll_interval": 0.2, **practice_keys}
+    if "api_key_file" in keys or "api_key_env" in keys:
+        del keys["api_key"]
 
     def toml(value: Any) -> str:
         return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
@@ -28,6 +31,9 @@ def write_config(path: Path, *, redis_url: str, prefix: str, stream: str, base_u
     lines = ["[redis]", f"url = {toml(redis_url)}", f"stream = {toml(stream)}",
              f"prefix = {toml(prefix)}", "", "[[practices]]"]
     lines += [f"{k} = {toml(v)}" for k, v in keys.items()]
+    for more in more_practices or []:
+        extra = {"region": "sandbox", "base_url": base_url, "poll_interval": 0.2, **more}
+        lines += ["", "[[practices]]"] + [f"{k} = {toml(v)}" for k, v in extra.items()]
     for sub in subscribers or []:
         lines += ["", "[[subscribers]]"] + [f"{k} = {toml(v)}" for k, v in sub.items()]
     lines += ["", "[log]", 'format = "json"', 'level = "debug"']
@@ -51,6 +57,10 @@ class Daemon:
             [sys.executable, "-m", "notifier", "run", "--config", str(self.config)],
             stdout=out, stderr=out, env=env)
         self.starts += 1
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
 
     def kill9(self) -> None:
         assert self.proc is not None

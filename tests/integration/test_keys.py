@@ -1,0 +1,116 @@
+"""The key's life through the daemon as a process: revocation, restoration, scopes."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import anyio
+from redis.asyncio import Redis
+
+from notifier.sandbox.control import SandboxControl
+from tests.conftest import Namespace
+from tests.helpers import stream_events
+from tests.integration.daemon import Daemon, wait_until
+
+
+async def events(redis: Redis, ns: Namespace) -> list[dict[str, Any]]:
+    return await stream_events(redis, ns.stream)
+
+
+def of(evs: list[dict[str, Any]], type_: str, practice: str) -> list[dict[str, Any]]:
+    return [e for e in evs if e["type"] == type_ and e["data"]["practice"] == practice]
+
+
+async def test_revoked_key_stops_loudly_and_a_new_key_resumes_losing_nothing(
+        tmp_path: Path, redis: Redis, ns: Namespace, control: SandboxControl,
+        daemon_factory: Callable[..., Daemon]) -> None:
+    await control.add_key("main-1")
+    await control.add_key("other-key")
+    keyfile = tmp_path / "main.key"
+    keyfile.write_text("main-1\n")
+    ids = await control.seed("patients", 20, spread_days=3)
+    daemon = daemon_factory(resources=["patients"], api_key_file=str(keyfile),
+                            more_practices=[{"name": "other", "api_key": "other-key",
+                                             "resources": ["patients"]}])
+    daemon.start()
+
+    async def both_synced() -> bool:
+        return all([await redis.hget(f"{ns.prefix}:{{{p}}}:cursor:patients", "synced")
+                    == b"1" for p in ("main", "other")])
+    await wait_until(both_synced, 20, "both practices synced")
+    await control.key("main-1", "revoke")
+    accepted = (await control.stats())["requests"]["main-1"]
+    changed = await control.mutate("patients", ids=ids[:5])
+
+    async def revoked_and_other_goes_on() -> bool:
+        evs = await events(redis, ns)
+        return bool(of(evs, "notifier.key.revoked", "main")) and \
+            len(of(evs, "patient.updated", "other")) == 5
+    await wait_until(revoked_and_other_goes_on, 20, "the revocation event")
+    await anyio.sleep(1.5)  # many poll intervals: a dead key must stay unused
+    daemon.stop()
+    daemon.start()          # a restart must not hammer the dead key either
+    await anyio.sleep(1.5)
+    stats = await control.stats()
+    assert stats["requests"]["main-1"] == accepted
+    assert stats["rejected"]["main-1"] <= 2
+    evs = await events(redis, ns)
+    (revoked,) = of(evs, "notifier.key.revoked", "main")
+    assert "main-1" not in json.dumps(revoked)  # only the key's fingerprint
+    assert of(evs, "patient.updated", "main") == []
+
+    await control.add_key("main-2")
+    keyfile.write_text("main-2\n")
+    daemon.signal(signal.SIGHUP)
+
+    async def restored() -> bool:
+        evs = await events(redis, ns)
+        return bool(of(evs, "notifier.key.restored", "main")) and \
+            len(of(evs, "patient.updated", "main")) == 5
+    await wait_until(restored, 20, "the restoration and the missed changes")
+    evs = await events(redis, ns)
+    assert {e["data"]["record_id"] for e in of(evs, "patient.updated", "main")} == set(changed)
+    assert len(of(evs, "notifier.key.revoked", "main")) == 1
+    assert of(evs, "notifier.key.revoked", "other") == []
+
+
+async def test_denied_scope_is_reported_once_and_the_rest_runs(
+        redis: Redis, ns: Namespace, control: SandboxControl,
+        daemon_factory: Callable[..., Daemon]) -> None:
+    await control.add_key("narrow", scopes=["patients:read"])
+    await control.seed("patients", 5)
+    await control.seed("invoices", 5)
+    daemon = daemon_factory(key="narrow", resources=["patients", "invoices"],
+                            initial_sync="emit", scope_recheck_interval=0.5)
+    daemon.start()
+
+    async def seen() -> bool:
+        evs = await events(redis, ns)
+        return len(of(evs, "patient.created", "main")) == 5 and \
+            bool(of(evs, "notifier.scope.denied", "main"))
+    await wait_until(seen, 20, "patients and the denial")
+    await anyio.sleep(1.5)  # several re-checks
+    evs = await events(redis, ns)
+    (denied,) = of(evs, "notifier.scope.denied", "main")
+    assert denied["data"]["resource"] == "invoices"
+
+
+async def test_keepalive_uses_the_key_when_every_resource_is_denied(
+        redis: Redis, ns: Namespace, control: SandboxControl,
+        daemon_factory: Callable[..., Daemon]) -> None:
+    await control.add_key("useless", scopes=[])
+    daemon = daemon_factory(key="useless", resources=["patients"], keepalive_interval=1.0,
+                            scope_recheck_interval=3600)
+    daemon.start()
+
+    async def denied() -> bool:
+        return any(e["type"] == "notifier.scope.denied" for e in await events(redis, ns))
+    await wait_until(denied, 20, "the denial")
+    first = (await control.stats())["requests"]["useless"]
+    await anyio.sleep(4.0)
+    used = (await control.stats())["requests"]["useless"] - first
+    assert 3 <= used <= 5  # /v1/user about every second, and nothing else
