@@ -19,7 +19,7 @@ from notifier.core.diff import diff
 from notifier.core.resources import Resource
 from notifier.core.timefmt import format_us
 from notifier.dentally.client import DentallyClient, Page
-from notifier.errors import PageTooDeep
+from notifier.errors import NotFound, PageTooDeep
 from notifier.events import Event, canonical, record_event
 from notifier.store.codec import Codec, learn
 from notifier.store.redis import Store
@@ -178,8 +178,15 @@ class ResourcePoller:
             # in order; surface the one error as itself, for the caller's except clauses.
             raise sole(group) from None
 
-    async def _read_windows(self, reader: cursor.WindowRead, codec: Codec) -> int:
+    async def _read_windows(self, reader: cursor.WindowRead, codec: Codec,
+                            sweep: set[str] | None = None) -> int:
+        """Read every pending window of ``reader``, committing each page.
+
+        A ``sweep`` (reconciliation) collects the ids it sees into the set and leaves the
+        stored cursor alone; a poll persists its progress with each page.
+        """
         store, name = self.store, self.resource.name
+        persist = sweep is None
         published = 0
         ahead: _Prefetch | None = None
         async with anyio.create_task_group() as tg:
@@ -198,7 +205,8 @@ class ResourcePoller:
                         raise
                     log.info("page too deep; window split in %d", len(split[1].windows),
                              extra={"practice": self.practice, "resource": name})
-                    await store.commit(self.practice, name, progress=split[1])
+                    if persist:
+                        await store.commit(self.practice, name, progress=split[1])
                     continue
                 finally:
                     ahead = None
@@ -209,16 +217,75 @@ class ResourcePoller:
                     ahead = _Prefetch((reader.window, new_progress.page))
                     tg.start_soon(ahead.run, self._fetcher(*ahead.key, last))
                 rows = dedupe(page.rows)
+                if sweep is not None:
+                    sweep.update(str(r["id"]) for r in rows)
+                    emit_created = True
                 olds = await store.snapshots(self.practice, name, [str(r["id"]) for r in rows])
                 changes = changes_for_page(self.practice, name, rows, olds, codec,
                                            emit_created=emit_created, now=self._now())
-                await store.commit(self.practice, name, progress=new_progress,
+                await store.commit(self.practice, name,
+                                   progress=new_progress if persist else None,
                                    snapshots=changes.snapshots, events=changes.events,
                                    zdict=changes.zdict,
                                    status={"last_page_at": str(self._wall())})
                 published += len(changes.events)
-        await store.note(self.practice, name, last_poll_at=str(self._wall()), last_error="")
+        if persist:
+            await store.note(self.practice, name, last_poll_at=str(self._wall()),
+                             last_error="")
         return published
+
+    async def reconcile(self) -> tuple[int, int]:
+        """A full sweep: every id Dentally lists, against every id we hold.
+
+        An id we hold that the sweep did not see is fetched on its own: a 404 confirms the
+        deletion (``<type>.deleted`` with the last known record); a record that is there
+        after all (an unstable page skipped it) is diffed like any other. The sweep reads
+        with the same clean-read windows as a backfill and diffs what it reads, so changes
+        the incremental polls missed are published too. Returns (deleted, other events).
+        """
+        store, name = self.store, self.resource.name
+        codec = await store.codec(self.practice, name)
+        progress = cursor.start(cursor.Progress(synced=True), await self._server_now(),
+                                self.policy)
+        seen: set[str] = set()
+        reader = cursor.WindowRead(progress, self.closed, self.policy)
+        try:
+            published = await self._read_windows(reader, codec, sweep=seen)
+        except BaseExceptionGroup as group:
+            raise sole(group) from None
+        deleted = 0
+        missing = [rid async for rid in store.held_ids(self.practice, name) if rid not in seen]
+        for rid in missing:
+            try:
+                record = await self.client.fetch(self.resource, rid)
+            except NotFound:
+                deleted += await self._deleted(rid, codec)
+                continue
+            (old,) = await store.snapshots(self.practice, name, [rid])
+            changes = changes_for_page(self.practice, name, [record], [old], codec,
+                                       emit_created=True, now=self._now())
+            await store.commit(self.practice, name, progress=None,
+                               snapshots=changes.snapshots, events=changes.events)
+            published += len(changes.events)
+        await store.note(self.practice, name, last_reconcile_at=str(self._wall()))
+        if deleted or missing:
+            log.info("reconciliation: %d deleted, %d skipped rows found", deleted,
+                     len(missing) - deleted,
+                     extra={"practice": self.practice, "resource": name})
+        return deleted, published
+
+    async def _deleted(self, rid: str, codec: Codec) -> int:
+        (blob,) = await self.store.snapshots(self.practice, self.resource.name, [rid])
+        if blob is None:
+            return 0
+        try:
+            last = codec.decode(blob)
+        except Exception:  # a corrupt snapshot still deserves its deletion event
+            last = {"id": rid}
+        event = record_event(self.practice, self.resource.name, "deleted", last, self._now())
+        await self.store.commit(self.practice, self.resource.name, progress=None,
+                                deletes=[rid], events=[event])
+        return 1
 
 
 def sole(group: BaseExceptionGroup[BaseException]) -> BaseException:

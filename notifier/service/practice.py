@@ -274,6 +274,7 @@ class PracticeRunner:
                                 policy_for(self.cfg), initial_sync=self.cfg.initial_sync)
         interval = self.cfg.interval(name)
         attempt = 0
+        next_sweep = await self._first_sweep(name)
         while True:
             started = anyio.current_time()
             try:
@@ -281,6 +282,9 @@ class PracticeRunner:
                 attempt = 0
                 if published:
                     log.info("published %d events", published, extra=extra)
+                if self._wall() >= next_sweep:
+                    await poller.reconcile()
+                    next_sweep = self._wall() + self.cfg.reconcile_interval
                 delay = max(0.0, interval - (anyio.current_time() - started))
             except AuthError as exc:
                 self.auth_failure = exc
@@ -308,6 +312,17 @@ class PracticeRunner:
                 log.warning("poll failed (%s: %s); retrying in %.1fs",
                             type(exc).__name__, exc, delay, extra=extra)
             await anyio.sleep(delay)
+
+    async def _first_sweep(self, resource: str) -> float:
+        """When the next reconciliation sweep is due: ``reconcile_interval`` after the last
+        one, or after now if there never was one (a first sync needs no sweep)."""
+        key = self.store.keys.cursor(self.cfg.name, resource)
+        raw: Any = await self.store.redis.hget(key, "last_reconcile_at")
+        last = _float(raw.decode() if raw else None)
+        if last is None:
+            last = self._wall()
+            await self.store.note(self.cfg.name, resource, last_reconcile_at=str(last))
+        return last + self.cfg.reconcile_interval
 
     async def _note_error(self, resource: str, message: str) -> None:
         with contextlib.suppress(RedisError):

@@ -117,14 +117,23 @@ class Store:
         found = await self.redis.hmget(self.keys.snapshots(practice, resource), list(ids))
         return cast(list[bytes | None], found)
 
-    async def commit(self, practice: str, resource: str, *, progress: Progress,
+    async def held_ids(self, practice: str, resource: str) -> Any:
+        """Every record id with a snapshot (HSCAN: no long block on a large practice;
+        NOVALUES would need Redis 7.4)."""
+        async for rid, _ in self.redis.hscan_iter(self.keys.snapshots(practice, resource),
+                                                  count=1000):
+            yield rid.decode() if isinstance(rid, bytes) else str(rid)
+
+    async def commit(self, practice: str, resource: str, *, progress: Progress | None,
                      snapshots: Mapping[str, bytes] | None = None,
                      deletes: Sequence[str] = (), events: Sequence[Event] = (),
                      zdict: bytes | None = None,
                      status: Mapping[str, str] | None = None) -> bool:
-        """Apply one page atomically. False if this very call had already been applied."""
+        """Apply one page atomically. False if this very call had already been applied.
+
+        ``progress`` None leaves the cursor as it is (a reconciliation sweep)."""
         snaps = snapshots or {}
-        fields = {**progress_fields(progress), **(status or {})}
+        fields = {**(progress_fields(progress) if progress else {}), **(status or {})}
         args: list[Any] = [uuid.uuid4().hex, len(snaps)]
         for rid, blob in snaps.items():
             args += [rid, blob]

@@ -131,3 +131,17 @@ async def test_a_second_daemon_waits_instead_of_publishing_twice(
     await settle(redis, ns, 170, "the updates")
     logs = first.log.read_text() + second.log.read_text()
     assert "another daemon" in logs
+
+
+async def test_deletions_are_published_by_the_periodic_sweep(
+        redis: Redis, ns: Namespace, control: SandboxControl,
+        daemon_factory: Callable[..., Daemon]) -> None:
+    ids = await control.seed("patients", 80, spread_days=5)
+    daemon = daemon_factory(resources=["patients"], reconcile_interval=0.5)
+    daemon.start()
+    await wait_until(lambda: synced(redis, ns), 20, "the first sync")
+    for rid in ids[:3]:
+        await control.delete("patients", rid)
+    events = await settle(redis, ns, 3, "three deletions")
+    assert {e["data"]["record_id"] for e in events} == set(ids[:3])
+    assert {e["type"] for e in events} == {"patient.deleted"}
