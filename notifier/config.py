@@ -88,13 +88,14 @@ class PracticeConfig(_Strict):
     poll_interval: Seconds | None = None
     intervals: dict[str, Seconds] = Field(default_factory=dict)
     initial_sync: Literal["seed", "emit"] = "seed"
-    max_requests_per_hour: Annotated[int, Field(ge=1, le=3600)] = 1800
+    max_requests_per_hour: Annotated[int, Field(ge=1)] = 1800
     keepalive_interval: Seconds = 21_600
     reconcile_interval: Seconds = 86_400
     overlap: Annotated[float, Field(ge=0)] = 60.0
     per_page: Annotated[int, Field(ge=1, le=100)] = 100
     window_rows: Annotated[int, Field(ge=100)] = 2000
     timeout: Seconds = 30.0
+    rate_window: Seconds = 3600.0
     key_probe_interval: Seconds = 3600.0
     scope_recheck_interval: Seconds = 86_400.0
 

@@ -113,6 +113,8 @@ async def run(duration: float | None = None, records: int = 20) -> None:
     with redis_server() as url:
         sb = Sandbox()
         sb.add_key(DEMO_KEY)
+        # A one-minute rate window, so the demo's fast polls fit the sandbox's budget.
+        sb.quirks.update({"rate_window": 60.0, "rate_limit": 1200})
         sb.seed("patients", records, 30)
         sb.seed("appointments", records // 2, 30)
         sb.seed("invoices", records // 4, 30)
@@ -128,7 +130,7 @@ async def run(duration: float | None = None, records: int = 20) -> None:
                       "prefix": f"dentally-notifier-demo-{tag}"},
             "practices": [{"name": "demo", "region": "sandbox", "base_url": base_url,
                            "api_key": DEMO_KEY, "poll_interval": 1, "initial_sync": "emit",
-                           "overlap": 5}],
+                           "overlap": 5, "rate_window": 60, "max_requests_per_hour": 36000}],
             "subscribers": [{"name": "demo-receiver", "url": hook_url, "secret": secret,
                              "allow_private": True, "start": "beginning",
                              "retry_schedule": [1, 5, 30]}],

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import anyio
 import httpx
 
 from notifier import __version__
+from notifier.core.budget import Budget
 from notifier.core.clock import ServerClock
 from notifier.core.resources import Resource
 from notifier.core.timefmt import format_ms
@@ -73,6 +75,7 @@ class DentallyClient:
     """One practice's connection to Dentally. Close it with ``aclose``."""
 
     def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0,
+                 budget: Budget | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
                  monotonic: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
@@ -84,6 +87,7 @@ class DentallyClient:
         """Unix time of the last 2xx: what keeps the key alive."""
         self.rejected = False
         """Set by a 401: no further request is made with this key except ``probe`` ones."""
+        self.budget = budget
         self._mono = monotonic
         self._wall = wall
         self._http = httpx.AsyncClient(
@@ -106,8 +110,16 @@ class DentallyClient:
         """The server's time in ms, estimated from the last ``Date`` header."""
         return self.clock.now(self._mono())
 
+    async def _pace(self, bulk: bool) -> None:
+        """Wait until the rate budget allows this request, then count it."""
+        if self.budget is None:
+            return
+        while (wait := self.budget.wait(self._wall(), bulk)) > 0:  # noqa: ASYNC110
+            await anyio.sleep(min(wait, 60.0))
+        self.budget.spend(self._wall())
+
     async def get(self, path: str, params: dict[str, str] | None = None, *,
-                  probe: bool = False) -> Any:
+                  probe: bool = False, bulk: bool = False) -> Any:
         """GET ``/v1{path}`` and return its JSON body, or raise a DentallyError.
 
         After a 401 every call fails at once without a request (no retry storm on a dead
@@ -116,6 +128,7 @@ class DentallyClient:
         what = f"GET {path}"
         if self.rejected and not probe:
             raise AuthError(f"{what}: not sent, the key was rejected")
+        await self._pace(bulk)
         self.requests += 1
         try:
             response = await self._http.get("/v1" + path, params=params)
@@ -149,6 +162,8 @@ class DentallyClient:
             self.rate = RateState(_int_header(h, "x-ratelimit-limit"),
                                   _int_header(h, "x-ratelimit-remaining"),
                                   None if reset is None else float(reset))
+            if self.budget is not None:
+                self.budget.observe(self.rate.remaining, self.rate.reset_at, self._wall())
 
     def _error(self, what: str, response: httpx.Response) -> DentallyError:
         status = response.status_code
@@ -160,6 +175,8 @@ class DentallyClient:
         if status == 429 or (status == 403 and (self.rate.remaining == 0
                                                 or "rate limit" in detail.lower())):
             reset = _retry_after(response.headers, self._wall()) or self.rate.reset_at
+            if self.budget is not None:
+                self.budget.limited(reset, self._wall())
             return RateLimited(message, status=status, reset_at=reset)
         if status == 403:
             return ScopeError(message, status=status)
@@ -178,8 +195,8 @@ class DentallyClient:
         return dict(body["user"])
 
     async def page(self, resource: Resource, *, page: int, per_page: int,
-                   updated_after: int | None = None,
-                   updated_before: int | None = None) -> Page:
+                   updated_after: int | None = None, updated_before: int | None = None,
+                   bulk: bool = False) -> Page:
         """One page of a list. Bounds are server-clock ms, sent as UTC ISO 8601."""
         params = {"page": str(page), "per_page": str(per_page), **dict(resource.params)}
         if updated_after is not None:
@@ -187,12 +204,12 @@ class DentallyClient:
         if updated_before is not None and resource.closed_windows:
             params["updated_before"] = format_ms(updated_before)
         path = f"/{resource.name}"
-        body = await self.get(path, params)
+        body = await self.get(path, params, bulk=bulk)
         return parse_page(resource.name, body, f"GET {path} page {page}")
 
     async def fetch(self, resource: Resource, record_id: str) -> dict[str, Any]:
         path = f"/{resource.name}/{record_id}"
-        body = await self.get(path)
+        body = await self.get(path, bulk=True)
         if not isinstance(body, dict) or not isinstance(body.get(resource.singular), dict):
             raise MalformedResponse(f"GET {path}: no {resource.singular!r} object in the body")
         return dict(body[resource.singular])

@@ -230,6 +230,8 @@ def build_app(sb: Sandbox) -> Starlette:
             return _json({k: getattr(sb.quirks, k) for k in sb.quirks.__dataclass_fields__})
         if parts == ["stats"]:
             return _json({"requests": sb.requests, "rejected": sb.rejected,
+                          "per_window": {str(u): {str(w): n for w, n in c.items()}
+                                         for u, c in sb.per_window.items()},
                           "total": sb.requests_total,
                           "now_ms": sb.clock.now_ms()})
         if parts and parts[0] == "keys":

@@ -160,6 +160,7 @@ class Sandbox:
         self.windows: dict[int, tuple[int, int]] = {}   # user_id -> (window start, used)
         self.requests: dict[str, int] = {}              # token -> API requests made
         self.rejected: dict[str, int] = {}              # token -> requests refused with 401
+        self.per_window: dict[int, dict[int, int]] = {}  # user -> window start -> requests
         self.requests_total = 0
 
     # -- time -------------------------------------------------------------------------
@@ -268,4 +269,6 @@ class Sandbox:
             return False, 0, reset
         used += 1
         self.windows[user_id] = (start, used)
+        counts = self.per_window.setdefault(user_id, {})
+        counts[start] = counts.get(start, 0) + 1
         return True, limit - used, reset

@@ -150,8 +150,8 @@ class ResourcePoller:
             server_now = int(self._wall() * 1000) - self.policy.overlap_ms
         return server_now
 
-    def _fetcher(self, window: cursor.Window, page: int,
-                 last: bool) -> Callable[[], Awaitable[Page]]:
+    def _fetcher(self, window: cursor.Window, page: int, last: bool,
+                 bulk: bool = True) -> Callable[[], Awaitable[Page]]:
         after, before = cursor.query_bounds(window, self.closed, self.policy, last)
         if self.resource.strategy == "full":
             after = before = None
@@ -159,7 +159,8 @@ class ResourcePoller:
         async def fetch() -> Page:
             return await self.client.page(self.resource, page=page,
                                           per_page=self.policy.per_page,
-                                          updated_after=after, updated_before=before)
+                                          updated_after=after, updated_before=before,
+                                          bulk=bulk)
         return fetch
 
     async def poll_once(self) -> int:
@@ -198,7 +199,11 @@ class ResourcePoller:
                     if ahead is not None and ahead.key == key:
                         page = await ahead.take()
                     else:
-                        page = await self._fetcher(*key, last)()
+                        # The first page of a synced resource's only window is the steady
+                        # poll; everything else (backfill, catch-up, sweeps) is bulk work.
+                        steady = (persist and last and key[1] == 1 and reader.progress.synced
+                                  and self.resource.strategy == "incremental")
+                        page = await self._fetcher(*key, last, not steady)()
                 except PageTooDeep:
                     split = reader.too_deep()
                     if split is None:

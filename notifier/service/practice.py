@@ -21,6 +21,7 @@ from redis.exceptions import RedisError
 
 from notifier.config import PracticeConfig
 from notifier.core import resources
+from notifier.core.budget import Budget
 from notifier.core.cursor import Policy
 from notifier.core.keylife import fingerprint, idle_days_left, keepalive_wait, probe_wait
 from notifier.core.retry import backoff
@@ -62,6 +63,16 @@ def owner_alive(owner: str) -> bool:
     return True
 
 
+def budget_for(cfg: PracticeConfig) -> Budget:
+    """The practice's share of its key's rate window, and what its steady polls need."""
+    scale = cfg.rate_window / 3600.0
+    steady = sum(cfg.rate_window / cfg.interval(r) for r in cfg.resources)
+    steady += cfg.rate_window / cfg.keepalive_interval
+    share = max(1, int(cfg.max_requests_per_hour * scale))
+    return Budget(share=share, window=cfg.rate_window,
+                  steady_per_window=min(steady, share * 0.5), floor=int(36 * scale))
+
+
 def policy_for(cfg: PracticeConfig) -> Policy:
     return Policy(overlap_ms=int(cfg.overlap * 1000), per_page=cfg.per_page,
                   window_rows=cfg.window_rows)
@@ -77,6 +88,7 @@ class PracticeRunner:
         self._extra = {"practice": cfg.name}
         self.auth_failure: AuthError | None = None
         self._reload = anyio.Event()
+        self.budget = budget_for(cfg)
 
     async def run(self) -> None:
         """Poll this practice for as long as we hold its lock; wait for it when we do not."""
@@ -204,7 +216,8 @@ class PracticeRunner:
                 if wait > 0:
                     await self._wait_for_change(wait, fp)
                     continue
-            client = DentallyClient(self.cfg.url, key, timeout=self.cfg.timeout)
+            client = DentallyClient(self.cfg.url, key, timeout=self.cfg.timeout,
+                                    budget=self.budget)
             delay = 0.0
             try:
                 await client.user(probe=True)

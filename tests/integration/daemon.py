@@ -20,8 +20,11 @@ def write_config(path: Path, *, redis_url: str, prefix: str, stream: str, base_u
                  subscribers: list[dict[str, Any]] | None = None,
                  more_practices: list[dict[str, Any]] | None = None,
                  **practice_keys: Any) -> Path:
+    # A one-second rate window with a large share: tests poll far faster than Dentally
+    # allows, and test the budget itself with their own settings.
     keys = {"name": practice, "region": "sandbox", "base_url": base_url, "api_key": key,
-            "poll_interval": 0.2, **practice_keys}
+            "poll_interval": 0.2, "rate_window": 1, "max_requests_per_hour": 200_000,
+            **practice_keys}
     if "api_key_file" in keys or "api_key_env" in keys:
         del keys["api_key"]
 
@@ -32,7 +35,8 @@ def write_config(path: Path, *, redis_url: str, prefix: str, stream: str, base_u
              f"prefix = {toml(prefix)}", "", "[[practices]]"]
     lines += [f"{k} = {toml(v)}" for k, v in keys.items()]
     for more in more_practices or []:
-        extra = {"region": "sandbox", "base_url": base_url, "poll_interval": 0.2, **more}
+        extra = {"region": "sandbox", "base_url": base_url, "poll_interval": 0.2,
+                 "rate_window": 1, "max_requests_per_hour": 200_000, **more}
         lines += ["", "[[practices]]"] + [f"{k} = {toml(v)}" for k, v in extra.items()]
     for sub in subscribers or []:
         lines += ["", "[[subscribers]]"] + [f"{k} = {toml(v)}" for k, v in sub.items()]
