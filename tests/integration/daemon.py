@@ -29,7 +29,11 @@ def write_config(path: Path, *, redis_url: str, prefix: str, stream: str, base_u
         del keys["api_key"]
 
     def toml(value: Any) -> str:
-        return json.dumps(value) if not isinstance(value, bool) else str(value).lower()
+        if isinstance(value, bool):
+            return str(value).lower()
+        if isinstance(value, dict):
+            return "{ " + ", ".join(f"{k} = {toml(v)}" for k, v in value.items()) + " }"
+        return json.dumps(value)
 
     lines = ["[redis]", f"url = {toml(redis_url)}", f"stream = {toml(stream)}",
              f"prefix = {toml(prefix)}", "", "[[practices]]"]
