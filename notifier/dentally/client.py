@@ -196,13 +196,15 @@ class DentallyClient:
 
     async def page(self, resource: Resource, *, page: int, per_page: int,
                    updated_after: int | None = None, updated_before: int | None = None,
-                   bulk: bool = False) -> Page:
+                   dated_after: str | None = None, bulk: bool = False) -> Page:
         """One page of a list. Bounds are server-clock ms, sent as UTC ISO 8601."""
         params = {"page": str(page), "per_page": str(per_page), **dict(resource.params)}
         if updated_after is not None:
             params["updated_after"] = format_ms(updated_after)
         if updated_before is not None and resource.closed_windows:
             params["updated_before"] = format_ms(updated_before)
+        if dated_after is not None:
+            params["dated_after"] = dated_after
         path = f"/{resource.name}"
         body = await self.get(path, params, bulk=bulk)
         return parse_page(resource.name, body, f"GET {path} page {page}")

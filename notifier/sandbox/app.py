@@ -18,11 +18,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from notifier.core.resources import RESOURCES
 from notifier.core.timefmt import parse_ms
 from notifier.sandbox.state import INT_IDS, Key, Sandbox
 
-SINGULAR = {"patients": "patient", "appointments": "appointment", "invoices": "invoice",
-            "payments": "payment", "sites": "site"}
+SINGULAR = {r.name: r.singular for r in RESOURCES.values()}
 EXCLUDED_STATES = frozenset({"Cancelled", "Did not attend"})
 
 
@@ -141,14 +141,22 @@ def build_app(sb: Sandbox) -> Starlette:
             order = "id"
         descending = request.query_params.get("sort_direction") == "desc"
         keep = None
+        dated_after = request.query_params.get("dated_after")
         if resource == "appointments" and request.query_params.get("cancelled") != "true":
             def keep(row: dict[str, Any]) -> bool:
                 return row.get("state") not in EXCLUDED_STATES
+        elif dated_after is not None:
+            if len(dated_after) != 10 or dated_after[4] != "-":
+                raise _Reject(_error(400, "bad_request", "dated_after must be YYYY-MM-DD",
+                                     headers))
+
+            def keep(row: dict[str, Any]) -> bool:
+                return str(row.get("dated_on", "")) >= dated_after
         offset = (page - 1) * per_page
         if q.deep_page_limit is not None and offset >= q.deep_page_limit:
             raise _Reject(_error(413, "payload_too_large", "Page too deep", headers))
         table = sb.tables[resource]
-        ids = table.query(after, before, order, descending, keep)
+        ids = table.query(after, before, order, descending, keep, dated_after)
         chunk = ids[offset:offset + per_page]
         if q.unstable_rate and chunk:
             chunk = list(chunk)

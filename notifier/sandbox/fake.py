@@ -119,6 +119,14 @@ class Faker:
         return {"name": f"{town} Dental", "address_line_1": f"{r.randint(1, 99)} "
                 f"{r.choice(STREETS)}", "town": town, "postcode": "AB1 2CD", "active": True}
 
+    def other(self, resource: str) -> dict[str, Any]:
+        """A plain record for the resources whose exact shape does not matter here."""
+        r = self.rng
+        return {"name": f"{resource.rstrip('s').replace('_', ' ').title()} "
+                        f"{r.randint(1, 9999)}",
+                "patient_id": r.randint(1000, 5000), "active": True,
+                "amount": self.money(), "notes": None}
+
     def mutate(self, resource: str, record: dict[str, Any]) -> dict[str, Any]:
         """A plausible edit of ``record``: the fields to change."""
         r = self.rng
@@ -133,4 +141,6 @@ class Faker:
             return {"amount_outstanding": "0.0", "paid": True}
         if resource == "payments":
             return {"method": r.choice(METHODS)}
-        return {"name": f"{r.choice(TOWNS)} Dental Care"}
+        if resource == "sites":
+            return {"name": f"{r.choice(TOWNS)} Dental Care"}
+        return {"notes": f"note {r.randint(1, 10**6)}", "amount": self.money()}

@@ -16,12 +16,12 @@ from zoneinfo import ZoneInfo
 
 from sortedcontainers import SortedList
 
+from notifier.core.resources import RESOURCES
 from notifier.sandbox.fake import Faker
 
 DAY_MS = 86_400_000
 # Resources the sandbox serves, and whether their ids are integers (else GUID strings).
-INT_IDS = {"patients": True, "appointments": True, "invoices": True, "payments": True,
-           "sites": False}
+INT_IDS = {r.name: r.int_ids for r in RESOURCES.values()}
 
 
 class Clock:
@@ -122,9 +122,11 @@ class Table:
         return True
 
     def query(self, after: int | None, before: int | None, order: str, descending: bool,
-              keep: Callable[[dict[str, Any]], bool] | None = None) -> list[str]:
-        """Ids matching ``after < updated_at < before`` in list order (cached until a write)."""
-        key = (after, before, order, descending, keep is None)
+              keep: Callable[[dict[str, Any]], bool] | None = None,
+              variant: str | None = None) -> list[str]:
+        """Ids matching ``after < updated_at < before`` in list order (cached until a write;
+        ``variant`` names what ``keep`` filters on, for the cache)."""
+        key = (after, before, order, descending, keep is None, variant)
         hit = self._cache.get(key)
         if hit is not None:
             return hit
@@ -204,8 +206,10 @@ class Sandbox:
         if resource == "invoices":
             return f.invoice()
         if resource == "payments":
-            return f.payment()
-        return f.site()
+            return {**f.payment(), "dated_on": self.stamp(now)[:10]}  # taken when recorded
+        if resource == "sites":
+            return f.site()
+        return f.other(resource)
 
     def update(self, resource: str, record_id: str, fields: dict[str, Any] | None = None,
                at_ms: int | None = None) -> dict[str, Any] | None:

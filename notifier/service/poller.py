@@ -17,7 +17,7 @@ import anyio
 from notifier.core import cursor
 from notifier.core.diff import diff
 from notifier.core.resources import Resource
-from notifier.core.timefmt import format_us
+from notifier.core.timefmt import format_ms, format_us
 from notifier.dentally.client import DentallyClient, Page
 from notifier.errors import NotFound, PageTooDeep
 from notifier.events import Event, canonical, record_event
@@ -153,21 +153,26 @@ class ResourcePoller:
     def _fetcher(self, window: cursor.Window, page: int, last: bool,
                  bulk: bool = True) -> Callable[[], Awaitable[Page]]:
         after, before = cursor.query_bounds(window, self.closed, self.policy, last)
-        if self.resource.strategy == "full":
+        dated_after = None
+        if self.resource.strategy != "incremental":
             after = before = None
+        if self.resource.strategy == "dated":
+            since = window.hi - self.resource.lookback_days * 86_400_000
+            dated_after = format_ms(since)[:10]
 
         async def fetch() -> Page:
             return await self.client.page(self.resource, page=page,
                                           per_page=self.policy.per_page,
                                           updated_after=after, updated_before=before,
-                                          bulk=bulk)
+                                          dated_after=dated_after, bulk=bulk)
         return fetch
 
     async def poll_once(self) -> int:
         """Read until no window is pending; returns the number of events published."""
         store, name = self.store, self.resource.name
         progress = await store.progress(self.practice, name)
-        if self.resource.strategy == "full":
+        if self.resource.strategy != "incremental":
+            # No update filter: every poll lists the whole set (or its recent dates).
             progress = cursor.Progress(cursor=None, synced=progress.synced)
         progress = cursor.start(progress, await self._server_now(), self.policy)
         reader = cursor.WindowRead(progress, self.closed, self.policy)

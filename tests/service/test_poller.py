@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections import Counter
 
+import pytest
+
 from notifier.core import resources
 from notifier.core.cursor import Policy
 from notifier.dentally.client import DentallyClient
@@ -54,4 +56,21 @@ async def test_seed_mode_is_silent_then_publishes_new_records(
     assert event["type"] == "patient.created"
     assert event["data"]["record_id"] == str(created["id"])
     assert event["data"]["record"]["first_name"] == "Nia"
+    await poller.client.aclose()
+
+
+@pytest.mark.parametrize("name", sorted(resources.RESOURCES))
+async def test_every_resource_is_polled_with_its_strategy(
+        name: str, store: Store, sandbox: SandboxThread, control: SandboxControl) -> None:
+    ids = await control.seed(name, 30, spread_days=0)
+    poller = make_poller(store, sandbox, resource=name, initial_sync="emit")
+    assert await poller.poll_once() == 30
+    changed = await control.mutate(name, ids=ids[:3])
+    assert await poller.poll_once() == 3
+    assert await poller.poll_once() == 0
+    events = await stream_events(store.redis, store.stream)
+    singular = resources.get(name).singular
+    assert Counter(e["type"] for e in events) == {f"{singular}.created": 30,
+                                                  f"{singular}.updated": 3}
+    assert {e["data"]["record_id"] for e in events[30:]} == set(changed)
     await poller.client.aclose()

@@ -54,3 +54,20 @@ async def test_sweep_publishes_changes_the_polls_missed(
     assert event["type"] == "patient.updated"
     assert event["data"]["changes"]["email_address"][1] == "late@example.com"
     await poller.client.aclose()
+
+
+async def test_unstable_pages_and_413_backfill_publish_one_event_per_record(
+        store: Store, sandbox: SandboxThread, control: SandboxControl) -> None:
+    """2% of rows repeated and 2% skipped at every page boundary, 413 past 2,000 rows:
+    a 10,000-record backfill plus one sweep publishes exactly one event per record."""
+    ids = await control.seed("patients", 10_000, spread_days=365)
+    await control.quirks(unstable_rate=0.02, deep_page_limit=2000)
+    poller = make_poller(store, sandbox, initial_sync="emit", window_rows=5000)
+    published = await poller.poll_once()
+    deleted, swept = await poller.reconcile()
+    assert deleted == 0
+    assert published + swept == 10_000
+    events = await stream_events(store.redis, store.stream)
+    assert Counter(e["type"] for e in events) == {"patient.created": 10_000}
+    assert {e["data"]["record_id"] for e in events} == set(ids)
+    await poller.client.aclose()
