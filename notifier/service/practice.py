@@ -35,7 +35,7 @@ log = logging.getLogger("notifier.practice")
 
 HOST = socket.gethostname()
 KEY_FILE_POLL = 5.0        # while a key is dead, how often its file is re-read
-KEY_STATE_WRITE = 60.0     # how often the key's last use is written to Redis
+KEY_STATE_WRITE = 10.0     # how often the key's last use and budget go to Redis
 
 
 def _float(value: str | None) -> float | None:
@@ -267,8 +267,16 @@ class PracticeRunner:
                 except DentallyError as exc:
                     log.warning("keep-alive request failed: %s", exc, extra=self._extra)
             if client.last_success is not None and client.last_success != recorded:
+                b = self.budget
                 with contextlib.suppress(RedisError):
-                    await self._set_key_state(last_success_at=str(client.last_success))
+                    await self._set_key_state(
+                        last_success_at=str(client.last_success),
+                        budget_used=str(b.used), budget_share=str(b.share),
+                        budget_window=str(b.window),
+                        server_remaining="" if client.rate.remaining is None
+                        else str(client.rate.remaining),
+                        server_reset="" if client.rate.reset_at is None
+                        else str(client.rate.reset_at))
                     recorded = client.last_success
             wait = keepalive_wait(client.last_success, self._wall(),
                                   self.cfg.keepalive_interval)

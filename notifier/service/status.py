@@ -39,6 +39,13 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _int(value: str | None) -> int | None:
+    try:
+        return int(value) if value else None
+    except ValueError:
+        return None
+
+
 def _float(value: str | None) -> float | None:
     try:
         return float(value) if value else None
@@ -74,7 +81,20 @@ async def collect(settings: Settings, redis: Redis, now: float) -> dict[str, Any
                 "last_error_at": _float(f.get("last_error_at")),
                 "tracked": await redis.hlen(keys.snapshots(p.name, name)),
             })
-        out["practices"].append({"name": p.name, "url": p.url, "resources": resources})
+        rawk: Any = await redis.hgetall(keys.key_state(p.name))
+        k = {a.decode(): b.decode() for a, b in rawk.items()}
+        last_use = _float(k.get("last_success_at"))
+        out["practices"].append({
+            "name": p.name, "url": p.url, "resources": resources,
+            "key": {"state": k.get("state", "unknown"), "fingerprint": k.get("fingerprint"),
+                    "since": _float(k.get("since")), "reason": k.get("reason"),
+                    "last_success_at": last_use,
+                    "idle_seconds": None if last_use is None else now - last_use},
+            "budget": {"used": _int(k.get("budget_used")), "share": _int(k.get("budget_share")),
+                       "window": _float(k.get("budget_window")),
+                       "server_remaining": _int(k.get("server_remaining")),
+                       "server_reset": _float(k.get("server_reset"))},
+        })
     groups: dict[str, Any] = {}
     try:
         for info in await redis.xinfo_groups(stream):
@@ -120,6 +140,16 @@ def render(data: dict[str, Any], out: TextIO) -> None:
           file=out)
     for p in data["practices"]:
         print(f"\npractice {p['name']} ({p['url']})", file=out)
+        k, b = p["key"], p["budget"]
+        state = k["state"].upper() if k["state"] == "revoked" else k["state"]
+        print(f"  key {k['fingerprint'] or '-'}: {state}, last used "
+              f"{_ago(k['last_success_at'], now)}"
+              + (f" ({k['reason']})" if k["state"] == "revoked" and k["reason"] else ""),
+              file=out)
+        if b["share"]:
+            left = "?" if b["server_remaining"] is None else b["server_remaining"]
+            print(f"  rate budget: {b['used']} of our {b['share']} used this window; "
+                  f"{left} left for the key", file=out)
         for r in p["resources"]:
             state = "synced" if r["synced"] else (
                 f"first sync: {r['windows_pending']} windows left" if r["windows_pending"]

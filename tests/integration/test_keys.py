@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,12 @@ async def test_revoked_key_stops_loudly_and_a_new_key_resumes_losing_nothing(
     stats = await control.stats()
     assert stats["requests"]["main-1"] == accepted
     assert stats["rejected"]["main-1"] <= 2
+    status = (await anyio.run_process([sys.executable, "-m", "notifier", "status", "--json",
+                                       "--config", str(daemon.config)])).stdout.decode()
+    practices = {p["name"]: p for p in json.loads(status)["practices"]}
+    assert practices["main"]["key"]["state"] == "revoked"
+    assert practices["other"]["key"]["state"] == "ok"
+    assert "main-1" not in status and "other-key" not in status
     evs = await events(redis, ns)
     (revoked,) = of(evs, "notifier.key.revoked", "main")
     assert "main-1" not in json.dumps(revoked)  # only the key's fingerprint
@@ -114,3 +122,22 @@ async def test_keepalive_uses_the_key_when_every_resource_is_denied(
     await anyio.sleep(4.0)
     used = (await control.stats())["requests"]["useless"] - first
     assert 3 <= used <= 5  # /v1/user about every second, and nothing else
+
+
+async def test_a_key_idle_for_more_than_ten_days_is_reported_at_start(
+        redis: Redis, ns: Namespace, control: SandboxControl,
+        daemon_factory: Callable[..., Daemon]) -> None:
+    from notifier.core.keylife import fingerprint
+
+    await control.add_key("sleepy")
+    await redis.hset(f"{ns.prefix}:{{main}}:key", mapping={
+        "state": "ok", "fingerprint": fingerprint("sleepy"),
+        "last_success_at": str(time.time() - 11 * 86400)})
+    daemon = daemon_factory(key="sleepy", resources=["patients"])
+    daemon.start()
+
+    async def idle() -> bool:
+        return bool(of(await events(redis, ns), "notifier.key.idle", "main"))
+    await wait_until(idle, 20, "the idle warning")
+    (event,) = of(await events(redis, ns), "notifier.key.idle", "main")
+    assert 2.9 <= event["data"]["expires_in_days"] <= 3.1
