@@ -60,6 +60,7 @@ def _read_secret(inline: SecretStr | None, env: str | None, file: Path | None,
             raise ConfigError(f"{what}: environment variable {env} is not set")
         return value.strip()
     if file is not None:
+        file = Path(os.path.expandvars(str(file)))  # "$CREDENTIALS_DIRECTORY/main-api-key"
         try:
             value = file.read_text().strip()
         except OSError as exc:

@@ -138,3 +138,12 @@ def test_malformed_webhook_secret_is_named_not_echoed(tmp_path: Path,
     with pytest.raises(ConfigError) as info:
         config.load(write(tmp_path, text))
     assert "subscriber 'crm' secret" in str(info.value) and "!!!" not in str(info.value)
+
+
+def test_key_file_under_the_credentials_directory(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "main-api-key").write_text("from-systemd\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    text = MINIMAL.replace('api_key_env = "TEST_DENTALLY_KEY"',
+                           'api_key_file = "$CREDENTIALS_DIRECTORY/main-api-key"')
+    assert config.load(write(tmp_path, text)).practices[0].api_key_value() == "from-systemd"
