@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis
@@ -14,6 +16,7 @@ from notifier.sandbox.control import SandboxControl
 from notifier.sandbox.server import SandboxThread
 from notifier.store.keys import Keys
 from notifier.store.redis import Store
+from tests.integration.daemon import Daemon, write_config
 
 
 @pytest.fixture(scope="session")
@@ -74,3 +77,24 @@ async def control(sandbox: SandboxThread) -> AsyncIterator[SandboxControl]:
     ctl = SandboxControl(sandbox.url)
     yield ctl
     await ctl.aclose()
+
+
+@pytest.fixture
+def daemon_factory(tmp_path: Path, redis_url: str, ns: Namespace, sandbox: SandboxThread
+                   ) -> Iterator[Callable[..., Daemon]]:
+    """Makes real daemon processes against this test's sandbox, Redis and namespace."""
+    made: list[Daemon] = []
+
+    def make(**practice_keys: Any) -> Daemon:
+        n = len(made)
+        key = practice_keys.pop("key", sandbox.key or "")
+        cfg = write_config(tmp_path / f"config{n}.toml", redis_url=redis_url,
+                           prefix=ns.prefix, stream=ns.stream, base_url=sandbox.url,
+                           key=key, **practice_keys)
+        d = Daemon(cfg, tmp_path / f"daemon{n}.log")
+        made.append(d)
+        return d
+
+    yield make
+    for d in made:
+        d.stop()

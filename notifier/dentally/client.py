@@ -88,6 +88,8 @@ class DentallyClient:
         self.rejected = False
         """Set by a 401: no further request is made with this key except ``probe`` ones."""
         self.budget = budget
+        self.heartbeat: Callable[[], None] | None = None
+        """Called while waiting for the budget: waiting is progress, not a wedge."""
         self._mono = monotonic
         self._wall = wall
         self._http = httpx.AsyncClient(
@@ -114,7 +116,9 @@ class DentallyClient:
         """Wait until the rate budget allows this request, then count it."""
         if self.budget is None:
             return
-        while (wait := self.budget.wait(self._wall(), bulk)) > 0:  # noqa: ASYNC110
+        while (wait := self.budget.wait(self._wall(), bulk)) > 0:
+            if self.heartbeat is not None:
+                self.heartbeat()
             await anyio.sleep(min(wait, 60.0))
         self.budget.spend(self._wall())
 

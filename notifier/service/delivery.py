@@ -25,6 +25,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from notifier.config import SubscriberConfig
+from notifier.core.health import Health
 from notifier.core.retry import Schedule, TokenBucket, verdict
 from notifier.delivery.sender import Attempt, Sender
 from notifier.events import notifier_event
@@ -49,7 +50,8 @@ def matches(patterns: list[str], event_type: str) -> bool:
 class SubscriberWorker:
     def __init__(self, redis: Redis, keys: Keys, store: Store, sub: SubscriberConfig, *,
                  wall: Callable[[], float] = time.time,
-                 rand: Callable[[], float] = random.random) -> None:
+                 rand: Callable[[], float] = random.random,
+                 health: Health | None = None) -> None:
         self.sub = sub
         self.store = store
         self.db = DeliveryStore(redis, keys, store.stream, sub.name)
@@ -69,6 +71,8 @@ class SubscriberWorker:
         self._acking: set[str] = set()
         self._logs: list[str] = []
         self._flush_due = anyio.Event()
+        self.health = health or Health()
+        self._beat = f"subscriber/{sub.name}"
 
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self) -> None:
@@ -83,6 +87,7 @@ class SubscriberWorker:
                 tg.start_soon(self._flusher)
                 await self._reader(tg)
         finally:
+            self.health.forget(self._beat)
             with anyio.CancelScope(shield=True):
                 with anyio.move_on_after(5):
                     await self._flush()
@@ -141,6 +146,7 @@ class SubscriberWorker:
                     continue
                 await self._dispatch(tg, entry)
         while True:
+            self.health.beat(self._beat, self._wall(), 90.0)
             await self._wait_enabled()
             try:
                 entries = await self.db.read(CONSUMER, new=True, count=READ_COUNT,

@@ -135,6 +135,8 @@ class ResourcePoller:
         self._now = now
         self._wall = wall
         self.pages = 0
+        self.heartbeat: Callable[[], None] | None = None
+        """Called after every committed page: a long backfill is progress."""
 
     @property
     def closed(self) -> bool:
@@ -239,6 +241,8 @@ class ResourcePoller:
                                    zdict=changes.zdict,
                                    status={"last_page_at": str(self._wall())})
                 published += len(changes.events)
+                if self.heartbeat is not None:
+                    self.heartbeat()
         if persist:
             await store.note(self.practice, name, last_poll_at=str(self._wall()),
                              last_error="")

@@ -23,6 +23,7 @@ from notifier.config import PracticeConfig
 from notifier.core import resources
 from notifier.core.budget import Budget
 from notifier.core.cursor import Policy
+from notifier.core.health import Health
 from notifier.core.keylife import fingerprint, idle_days_left, keepalive_wait, probe_wait
 from notifier.core.retry import backoff
 from notifier.dentally.client import DentallyClient
@@ -80,7 +81,7 @@ def policy_for(cfg: PracticeConfig) -> Policy:
 
 class PracticeRunner:
     def __init__(self, store: Store, cfg: PracticeConfig, owner: str, *,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time, health: Health | None = None) -> None:
         self.store = store
         self.cfg = cfg
         self.owner = owner
@@ -89,6 +90,8 @@ class PracticeRunner:
         self.auth_failure: AuthError | None = None
         self._reload = anyio.Event()
         self.budget = budget_for(cfg)
+        self.health = health or Health()
+        self.revoked = False
 
     async def run(self) -> None:
         """Poll this practice for as long as we hold its lock; wait for it when we do not."""
@@ -171,6 +174,7 @@ class PracticeRunner:
         if state.get("state") == "revoked" and state.get("fingerprint") == fp:
             await self._set_key_state(last_probe_at=str(now))
             return
+        self.revoked = True
         await self._set_key_state(state="revoked", since=str(now), fingerprint=fp,
                                   last_probe_at=str(now), reason=str(exc))
         await self._notify("notifier.key.revoked",
@@ -184,6 +188,7 @@ class PracticeRunner:
 
     async def _key_ok(self, fp: str, client: DentallyClient) -> None:
         now = self._wall()
+        self.revoked = False
         state = await self._key_state()
         if state.get("state") == "revoked":
             await self._notify("notifier.key.restored", {"key": fp}, fp)
@@ -296,43 +301,54 @@ class PracticeRunner:
         interval = self.cfg.interval(name)
         attempt = 0
         next_sweep = await self._first_sweep(name)
-        while True:
-            started = anyio.current_time()
-            try:
-                published = await poller.poll_once()
-                attempt = 0
-                if published:
-                    log.info("published %d events", published, extra=extra)
-                if self._wall() >= next_sweep:
-                    await poller.reconcile()
-                    next_sweep = self._wall() + self.cfg.reconcile_interval
-                delay = max(0.0, interval - (anyio.current_time() - started))
-            except AuthError as exc:
-                self.auth_failure = exc
-                scope.cancel()
-                return
-            except RateLimited as exc:
-                delay = self._until(exc.reset_at)
-                await self._note_error(name, f"rate limited: {exc}")
-                log.warning("rate limited; waiting %.0fs", delay, extra=extra)
-            except ScopeError as exc:
-                delay = self.cfg.scope_recheck_interval
-                await self._note_error(name, f"scope denied: {exc}")
-                fp = fingerprint(self.cfg.api_key_value())
-                await self._notify("notifier.scope.denied",
-                                   {"resource": name, "key": fp, "reason": str(exc),
-                                    "action": "create a key with read access to this "
-                                              "resource, or remove it from resources"},
-                                   name, fp)
-                log.error("the key may not read %s (%s); trying again in %.0fs", name, exc,
-                          delay, extra=extra)
-            except (DentallyError, RedisError) as exc:
-                delay = backoff(attempt)
-                attempt += 1
-                await self._note_error(name, str(exc))
-                log.warning("poll failed (%s: %s); retrying in %.1fs",
-                            type(exc).__name__, exc, delay, extra=extra)
-            await anyio.sleep(delay)
+        beat = f"{self.cfg.name}/{name}"
+        # A page, or a wait for the rate budget (in steps of at most a minute), must come
+        # within this long, or the loop is wedged.
+        page_within = 2 * self.cfg.timeout + 90.0
+        client.heartbeat = lambda: self.health.beat(beat, self._wall(), page_within)
+        poller.heartbeat = client.heartbeat
+        try:
+            while True:
+                self.health.beat(beat, self._wall(), page_within)
+                started = anyio.current_time()
+                try:
+                    published = await poller.poll_once()
+                    attempt = 0
+                    if published:
+                        log.info("published %d events", published, extra=extra)
+                    if self._wall() >= next_sweep:
+                        await poller.reconcile()
+                        next_sweep = self._wall() + self.cfg.reconcile_interval
+                    delay = max(0.0, interval - (anyio.current_time() - started))
+                except AuthError as exc:
+                    self.auth_failure = exc
+                    scope.cancel()
+                    return
+                except RateLimited as exc:
+                    delay = self._until(exc.reset_at)
+                    await self._note_error(name, f"rate limited: {exc}")
+                    log.warning("rate limited; waiting %.0fs", delay, extra=extra)
+                except ScopeError as exc:
+                    delay = self.cfg.scope_recheck_interval
+                    await self._note_error(name, f"scope denied: {exc}")
+                    fp = fingerprint(self.cfg.api_key_value())
+                    await self._notify("notifier.scope.denied",
+                                       {"resource": name, "key": fp, "reason": str(exc),
+                                        "action": "create a key with read access to this "
+                                                  "resource, or remove it from resources"},
+                                       name, fp)
+                    log.error("the key may not read %s (%s); trying again in %.0fs", name, exc,
+                              delay, extra=extra)
+                except (DentallyError, RedisError) as exc:
+                    delay = backoff(attempt)
+                    attempt += 1
+                    await self._note_error(name, str(exc))
+                    log.warning("poll failed (%s: %s); retrying in %.1fs",
+                                type(exc).__name__, exc, delay, extra=extra)
+                self.health.beat(beat, self._wall(), delay + page_within)
+                await anyio.sleep(delay)
+        finally:
+            self.health.forget(beat)
 
     async def _first_sweep(self, resource: str) -> float:
         """When the next reconciliation sweep is due: ``reconcile_interval`` after the last

@@ -57,9 +57,9 @@ class Daemon:
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
 
-    def start(self) -> None:
+    def start(self, **env_extra: str) -> None:
         assert self.proc is None or self.proc.poll() is not None
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **env_extra}
         out = self.log.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "notifier", "run", "--config", str(self.config)],
