@@ -9,7 +9,7 @@ that rows whose ``updated_at`` was stamped before they became visible (a slow tr
 app servers with skewed clocks) are not missed; re-reads publish nothing because every row
 is diffed against its snapshot. The span is read as *windows* in ascending order, each
 sent as ``updated_after=lo - margin`` and, where the resource allows it,
-``updated_before=hi + 1``. Whether Dentally's bounds are inclusive, and whether it compares
+``updated_before=hi``. Whether Dentally's bounds are inclusive, and whether it compares
 at second precision, is unknown; the margin on the lower bound alone covers both, since a
 row a truncated ``updated_before`` leaves out at the top of one window is inside the margin
 of the next.
@@ -107,7 +107,11 @@ def query_bounds(window: Window, closed: bool, policy: Policy,
     (the cursor still only moves to ``hi``).
     """
     after = None if window.lo is None else window.lo - policy.margin_ms
-    before = window.hi + 1 if closed and not last else None
+    # Exclusive at hi: a row written after the window was planned has updated_at >= hi
+    # (hi is a lower bound of the server's time then), so it cannot enter the window, and
+    # an entry could hide a departure from the count check. Rows at hi belong to the next
+    # window, whose lower margin covers a bound Dentally might treat as inclusive.
+    before = window.hi if closed and not last else None
     return after, before
 
 

@@ -26,14 +26,14 @@ P = Policy(overlap_ms=1000, margin_ms=1, per_page=3, window_rows=9, max_tries=3)
 def test_first_poll_reads_from_the_beginning_to_server_now() -> None:
     p = start(Progress(), 50_000, P)
     assert p.windows == (Window(None, 50_000),)
-    assert query_bounds(p.windows[0], True, P) == (None, 50_001)
+    assert query_bounds(p.windows[0], True, P) == (None, 50_000)
     assert query_bounds(p.windows[0], False, P) == (None, None)
 
 
 def test_next_poll_overlaps_the_cursor() -> None:
     p = start(Progress(cursor=50_000, synced=True), 60_000, P)
     assert p.windows == (Window(49_000, 60_000),)
-    assert query_bounds(p.windows[0], True, P) == (48_999, 60_001)
+    assert query_bounds(p.windows[0], True, P) == (48_999, 60_000)
     assert query_bounds(p.windows[0], True, P, last=True) == (48_999, None)
 
 
