@@ -43,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="cursors, errors, subscribers, from Redis alone")
     with_config(st)
     st.add_argument("--json", action="store_true", help="machine-readable output")
+    tl = sub.add_parser("tail", help="follow the event stream")
+    with_config(tl)
+    tl.add_argument("--type", action="append", default=[], metavar="GLOB",
+                    help="only these event types (glob, repeatable), e.g. 'patient.*'")
+    tl.add_argument("-n", "--last", type=int, default=10,
+                    help="events to show from before now (default 10)")
+    tl.add_argument("--no-follow", action="store_true", help="print and exit")
     rd = sub.add_parser("redeliver", help="re-send a subscriber's dead letters or events")
     with_config(rd)
     rd.add_argument("subscriber")
@@ -95,6 +102,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = _load(args.config)
             from notifier.service import status
             anyio.run(status.run, settings, sys.stdout, args.json)
+            return EXIT_OK
+        if args.command == "tail":
+            settings = _load(args.config)
+            from notifier.service import tail
+            anyio.run(partial(tail.run, settings, sys.stdout, args.type, args.last,
+                              follow=not args.no_follow))
             return EXIT_OK
         if args.command == "redeliver":
             settings = _load(args.config)

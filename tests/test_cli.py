@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,3 +89,23 @@ def test_demo_shows_events_within_10_seconds() -> None:
     assert seen and seen[0][0] < 10, seen[:3]
     assert any("patient.created" in ln for _, ln in seen)
     assert proc.returncode == 0
+
+
+async def test_tail_shows_recent_events_filtered_by_type(
+        tmp_path: Path, redis_url: str, ns: Namespace, store: Any) -> None:
+    from datetime import UTC, datetime
+
+    from notifier.events import record_event
+
+    now = datetime.now(UTC)
+    for resource, rid in (("patients", 1), ("invoices", 2), ("patients", 3)):
+        e = record_event("main", resource, "created",
+                         {"id": rid, "first_name": f"P{rid}", "last_name": "X"}, now)
+        await store.redis.xadd(ns.stream, dict(e.stream_fields()))
+    cfg = write_config(tmp_path / "c.toml", redis_url=redis_url, prefix=ns.prefix,
+                       stream=ns.stream, base_url="http://127.0.0.1:9", key="k")
+    done = run_cli("tail", "--config", str(cfg), "--no-follow", "--type", "patient.*")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 2 and all("patient.created" in ln for ln in lines)
+    assert "patients/1" in lines[0] and "patients/3" in lines[1]
