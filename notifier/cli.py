@@ -92,7 +92,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from notifier.ops import logging as logsetup
             logsetup.setup(settings.log.format, settings.log.level)
             from notifier.service import daemon
-            anyio.run(daemon.run, settings)
+            anyio.run(partial(daemon.run, settings, config_path=config.config_path(
+                args.config)))
             return EXIT_OK
         if args.command == "check":
             settings = _load(args.config)

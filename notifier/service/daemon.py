@@ -5,17 +5,21 @@ from __future__ import annotations
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from functools import partial
+from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import anyio
+import anyio.abc
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
-from notifier.config import Settings
+from notifier import config
+from notifier.config import PracticeConfig, Settings, SubscriberConfig
 from notifier.core.health import Health
-from notifier.errors import StoreError
+from notifier.errors import ConfigError, StoreError
 from notifier.ops.systemd import SystemdNotifier, watchdog_interval
 from notifier.service import retention
 from notifier.service.delivery import SubscriberWorker, supervise
@@ -62,23 +66,6 @@ async def connect(settings: Settings) -> Redis:
     return redis
 
 
-async def _watch_signals(scope: anyio.CancelScope, runners: list[PracticeRunner],
-                         notify: SystemdNotifier) -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        async for signum in signals:
-            if signum == signal.SIGHUP:
-                notify.reloading()
-                log.info("received SIGHUP; re-reading API keys")
-                for runner in runners:
-                    runner.reload()
-                notify.ready("reloaded API keys")
-                continue
-            log.info("received %s; stopping", signal.Signals(signum).name)
-            notify.stopping()
-            scope.cancel()
-            return
-
-
 async def status_line(store: Store, runners: list[PracticeRunner],
                       workers: list[SubscriberWorker]) -> str:
     """``3 practices, 1 key revoked, 2 subscribers, lag 0``: one line, the truth."""
@@ -102,24 +89,6 @@ async def status_line(store: Store, runners: list[PracticeRunner],
     return ", ".join(parts)
 
 
-async def _watchdog(notify: SystemdNotifier, health: Health, store: Store,
-                    runners: list[PracticeRunner], workers: list[SubscriberWorker],
-                    interval: float | None) -> None:
-    """Feed systemd's watchdog only while every loop keeps its promise; keep STATUS true."""
-    last_status = 0.0
-    while True:
-        now = time.time()
-        stalled = health.stalled(now)
-        if stalled:
-            log.error("no progress from %s; not feeding the watchdog", ", ".join(stalled))
-        elif interval is not None:
-            notify.watchdog()
-        if now - last_status >= STATUS_EVERY:
-            notify.status(await status_line(store, runners, workers))
-            last_status = now
-        await anyio.sleep(interval or STATUS_EVERY)
-
-
 async def _warn_about_store(redis: Redis) -> None:
     """Say so at start when Redis could lose or evict what the notifier keeps in it."""
     try:
@@ -134,52 +103,179 @@ async def _warn_about_store(redis: Redis) -> None:
                     "yet delivered and the consumer groups; enable appendonly")
 
 
-async def _trim_forever(store: Store, settings: Settings) -> None:
-    """Trim the stream by ``retention`` every minute, held back by enabled subscribers."""
-    while True:
+class Daemon:
+    """The running daemon: one task per practice and per subscriber, each in its own cancel
+    scope so that SIGHUP can add, remove or restart one without touching the others."""
+
+    def __init__(self, settings: Settings, redis: Redis, config_path: Path | None) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.redis = redis
+        self.keys = Keys(settings.redis.prefix)
+        self.store = Store(redis, self.keys, settings.redis.stream)
+        self.owner = owner_id()
+        self.notify = SystemdNotifier()
+        self.health = Health()
+        self.practices: dict[str, tuple[PracticeConfig, PracticeRunner, anyio.CancelScope]] = {}
+        self.subscribers: dict[str, tuple[SubscriberConfig, SubscriberWorker,
+                                          anyio.CancelScope]] = {}
+        self._tg: anyio.abc.TaskGroup | None = None
+
+    @property
+    def runners(self) -> list[PracticeRunner]:
+        return [r for _, r, _ in self.practices.values()]
+
+    @property
+    def workers(self) -> list[SubscriberWorker]:
+        return [w for _, w, _ in self.subscribers.values()]
+
+    async def _scoped(self, scope: anyio.CancelScope, fn: Callable[[], Awaitable[None]]
+                      ) -> None:
+        with scope:
+            await fn()
+
+    def _start_practice(self, cfg: PracticeConfig) -> None:
+        assert self._tg is not None
+        runner = PracticeRunner(self.store, cfg, self.owner, health=self.health)
+        scope = anyio.CancelScope()
+        self.practices[cfg.name] = (cfg, runner, scope)
+        self._tg.start_soon(self._scoped, scope, runner.run)
+
+    def _start_subscriber(self, cfg: SubscriberConfig) -> None:
+        assert self._tg is not None
+        make = partial(SubscriberWorker, self.redis, self.keys, self.store, cfg,
+                       health=self.health)
+        first = make()
+        scope = anyio.CancelScope()
+        self.subscribers[cfg.name] = (cfg, first, scope)
+        self._tg.start_soon(self._scoped, scope,
+                            partial(supervise, _reuse_first(first, make), cfg.name))
+
+    async def run(self, handle_signals: bool) -> None:
+        await _warn_about_store(self.redis)
+        log.info("started: %d practices, %d subscribers, stream %s",
+                 len(self.settings.practices), len(self.settings.subscribers),
+                 self.settings.redis.stream)
         try:
-            enabled = set()
-            for sub in settings.subscribers:
-                state = await DeliveryStore(store.redis, store.keys, store.stream,
-                                            sub.name).state()
-                if state.get("disabled") != "1":
-                    enabled.add(sub.name)
-            await retention.trim(store.redis, store.stream, enabled,
-                                 settings.redis.retention, time.time())
-        except RedisError as exc:
-            log.warning("could not trim the stream: %s", exc)
-        await anyio.sleep(TRIM_INTERVAL)
+            async with anyio.create_task_group() as tg:
+                self._tg = tg
+                if handle_signals:
+                    tg.start_soon(self._watch_signals, tg.cancel_scope)
+                for practice in self.settings.practices:
+                    self._start_practice(practice)
+                for sub in self.settings.subscribers:
+                    self._start_subscriber(sub)
+                tg.start_soon(self._trim_forever)
+                self.notify.ready(await status_line(self.store, self.runners, self.workers))
+                tg.start_soon(self._watchdog, watchdog_interval())
+        finally:
+            self.notify.stopping()
+
+    async def _watch_signals(self, scope: anyio.CancelScope) -> None:
+        signals_ = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        with anyio.open_signal_receiver(*signals_) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    self.notify.reloading()
+                    await self.reload()
+                    self.notify.ready(await status_line(self.store, self.runners,
+                                                        self.workers))
+                    continue
+                log.info("received %s; stopping", signal.Signals(signum).name)
+                self.notify.stopping()
+                scope.cancel()
+                return
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the config and keys; apply what changed, keep what did not.
+        A config that does not load is refused and the running one stays."""
+        new = self.settings
+        if self.config_path is not None:
+            try:
+                new = config.load(self.config_path)
+            except ConfigError as exc:
+                log.error("reload refused, the running configuration stays: %s", exc)
+                return
+        if new.redis != self.settings.redis:
+            log.warning("[redis] settings changed: they take effect at the next restart")
+            new = new.model_copy(update={"redis": self.settings.redis})
+        old_p = {p.name: p for p in self.settings.practices}
+        new_p = {p.name: p for p in new.practices}
+        for name, (cfg, runner, scope) in list(self.practices.items()):
+            if name not in new_p or new_p[name] != cfg:
+                scope.cancel()
+                del self.practices[name]
+            else:
+                runner.reload()
+        for name, cfg in new_p.items():
+            if name not in self.practices:
+                self._start_practice(cfg)
+        old_s = {s.name: s for s in self.settings.subscribers}
+        new_s = {s.name: s for s in new.subscribers}
+        for name, (sub, _, scope) in list(self.subscribers.items()):
+            if name not in new_s or new_s[name] != sub:
+                scope.cancel()
+                del self.subscribers[name]
+        for name, sub in new_s.items():
+            if name not in self.subscribers:
+                self._start_subscriber(sub)
+        self.settings = new
+        log.info("reloaded: practices %s, subscribers %s",
+                 _changes(old_p, new_p), _changes(old_s, new_s))
+
+    async def _trim_forever(self) -> None:
+        """Trim the stream by ``retention`` every minute, held back by enabled subscribers."""
+        while True:
+            try:
+                enabled = set()
+                for sub in self.settings.subscribers:
+                    state = await DeliveryStore(self.redis, self.keys, self.store.stream,
+                                                sub.name).state()
+                    if state.get("disabled") != "1":
+                        enabled.add(sub.name)
+                await retention.trim(self.redis, self.store.stream, enabled,
+                                     self.settings.redis.retention, time.time())
+            except RedisError as exc:
+                log.warning("could not trim the stream: %s", exc)
+            await anyio.sleep(TRIM_INTERVAL)
+
+    async def _watchdog(self, interval: float | None) -> None:
+        """Feed systemd's watchdog only while every loop keeps its promise; STATUS too."""
+        await watch(self.notify, self.health, lambda: status_line(
+            self.store, self.runners, self.workers), interval)
 
 
-async def run(settings: Settings, handle_signals: bool = True) -> None:
-    """Poll every practice until cancelled (or SIGTERM/SIGINT when ``handle_signals``)."""
-    notify = SystemdNotifier()
-    health = Health()
+def _changes(old: dict[str, Any], new: dict[str, Any]) -> str:
+    added = sorted(set(new) - set(old))
+    removed = sorted(set(old) - set(new))
+    changed = sorted(n for n in set(old) & set(new) if old[n] != new[n])
+    parts = [f"+{n}" for n in added] + [f"-{n}" for n in removed] + [f"~{n}" for n in changed]
+    return " ".join(parts) or "unchanged"
+
+
+async def watch(notify: SystemdNotifier, health: Health,
+                line: Callable[[], Awaitable[str]], interval: float | None) -> None:
+    last_status = 0.0
+    while True:
+        now = time.time()
+        stalled = health.stalled(now)
+        if stalled:
+            log.error("no progress from %s; not feeding the watchdog", ", ".join(stalled))
+        elif interval is not None:
+            notify.watchdog()
+        if now - last_status >= STATUS_EVERY:
+            notify.status(await line())
+            last_status = now
+        await anyio.sleep(interval or STATUS_EVERY)
+
+
+async def run(settings: Settings, handle_signals: bool = True,
+              config_path: Path | None = None) -> None:
+    """Poll every practice and deliver to every subscriber until cancelled (or SIGTERM)."""
     redis = await connect(settings)
-    keys = Keys(settings.redis.prefix)
-    store = Store(redis, keys, settings.redis.stream)
-    owner = owner_id()
-    await _warn_about_store(redis)
-    log.info("started: %d practices, %d subscribers, stream %s", len(settings.practices),
-             len(settings.subscribers), settings.redis.stream)
-    runners = [PracticeRunner(store, p, owner, health=health) for p in settings.practices]
-    workers = [SubscriberWorker(redis, keys, store, sub, health=health)
-               for sub in settings.subscribers]
     try:
-        async with anyio.create_task_group() as tg:
-            if handle_signals:
-                tg.start_soon(_watch_signals, tg.cancel_scope, runners, notify)
-            for runner in runners:
-                tg.start_soon(runner.run)
-            for sub, worker in zip(settings.subscribers, workers, strict=True):
-                tg.start_soon(supervise, _reuse_first(worker, partial(
-                    SubscriberWorker, redis, keys, store, sub, health=health)), sub.name)
-            tg.start_soon(_trim_forever, store, settings)
-            notify.ready(await status_line(store, runners, workers))
-            tg.start_soon(_watchdog, notify, health, store, runners, workers,
-                          watchdog_interval())
+        await Daemon(settings, redis, config_path).run(handle_signals)
     finally:
-        notify.stopping()
         with anyio.CancelScope(shield=True):
             await redis.aclose()
         log.info("stopped")

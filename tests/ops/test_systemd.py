@@ -64,8 +64,11 @@ async def test_a_wedged_loop_stops_the_watchdog(
     health.beat("main/patients", time.time(), 0.5)   # promises a beat within 0.5 s, never
     notify = SystemdNotifier(path)
 
+    async def line() -> str:
+        return "1 practices"
+
     async def watch() -> None:
-        await daemon_module._watchdog(notify, health, _NoStore(), [], [], 0.05)
+        await daemon_module.watch(notify, health, line, 0.05)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch)
@@ -74,11 +77,3 @@ async def test_a_wedged_loop_stops_the_watchdog(
         tg.cancel_scope.cancel()
     assert early.count("WATCHDOG=1") >= 4
     assert "WATCHDOG=1" not in late[2:]    # after the missed promise: silence
-
-
-class _NoStore:
-    class redis:
-        @staticmethod
-        async def xinfo_groups(stream: str) -> list[dict[str, object]]:
-            return []
-    stream = "none"
