@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import time
@@ -13,14 +14,18 @@ from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import anyio.abc
+import uvicorn
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 
 from notifier import config
 from notifier.config import PracticeConfig, Settings, SubscriberConfig
 from notifier.core.health import Health
 from notifier.errors import ConfigError, StoreError
+from notifier.ops.metrics import Metrics
+from notifier.ops.metrics import app as metrics_app
 from notifier.ops.systemd import SystemdNotifier, watchdog_interval
+from notifier.sandbox.server import QuietServer, bind
 from notifier.service import retention
 from notifier.service.delivery import SubscriberWorker, supervise
 from notifier.service.practice import PracticeRunner, owner_id
@@ -32,6 +37,7 @@ log = logging.getLogger("notifier.daemon")
 
 TRIM_INTERVAL = 60.0
 STATUS_EVERY = 10.0
+METRICS_EVERY = 2.0
 
 
 def redact(url: str) -> str:
@@ -116,6 +122,7 @@ class Daemon:
         self.owner = owner_id()
         self.notify = SystemdNotifier()
         self.health = Health()
+        self.metrics = Metrics()
         self.practices: dict[str, tuple[PracticeConfig, PracticeRunner, anyio.CancelScope]] = {}
         self.subscribers: dict[str, tuple[SubscriberConfig, SubscriberWorker,
                                           anyio.CancelScope]] = {}
@@ -136,7 +143,8 @@ class Daemon:
 
     def _start_practice(self, cfg: PracticeConfig) -> None:
         assert self._tg is not None
-        runner = PracticeRunner(self.store, cfg, self.owner, health=self.health)
+        runner = PracticeRunner(self.store, cfg, self.owner, health=self.health,
+                                metrics=self.metrics)
         scope = anyio.CancelScope()
         self.practices[cfg.name] = (cfg, runner, scope)
         self._tg.start_soon(self._scoped, scope, runner.run)
@@ -144,7 +152,7 @@ class Daemon:
     def _start_subscriber(self, cfg: SubscriberConfig) -> None:
         assert self._tg is not None
         make = partial(SubscriberWorker, self.redis, self.keys, self.store, cfg,
-                       health=self.health)
+                       health=self.health, metrics=self.metrics)
         first = make()
         scope = anyio.CancelScope()
         self.subscribers[cfg.name] = (cfg, first, scope)
@@ -166,6 +174,9 @@ class Daemon:
                 for sub in self.settings.subscribers:
                     self._start_subscriber(sub)
                 tg.start_soon(self._trim_forever)
+                tg.start_soon(self._refresh_metrics)
+                if self.settings.metrics.listen:
+                    tg.start_soon(self._serve_metrics, self.settings.metrics.listen)
                 self.notify.ready(await status_line(self.store, self.runners, self.workers))
                 tg.start_soon(self._watchdog, watchdog_interval())
         finally:
@@ -222,6 +233,44 @@ class Daemon:
         self.settings = new
         log.info("reloaded: practices %s, subscribers %s",
                  _changes(old_p, new_p), _changes(old_s, new_s))
+
+    async def _serve_metrics(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        sock = bind(host.strip("[]") or "127.0.0.1", int(port))
+        log.info("metrics on http://%s/metrics and /healthz", listen)
+        config_ = uvicorn.Config(metrics_app(self.metrics, self.health), log_level="warning",
+                                 access_log=False, lifespan="off")
+        await QuietServer(config_).serve(sockets=[sock])
+
+    async def _refresh_metrics(self) -> None:
+        """Gauges that live in Redis and in the runners, every few seconds."""
+        m = self.metrics
+        while True:
+            try:
+                for runner in self.runners:
+                    name = runner.cfg.name
+                    m.key_ok.labels(name).set(0 if runner.revoked else 1)
+                    m.api_requests.labels(name).set(runner.budget.used)
+                    if runner.budget.server_remaining is not None:
+                        m.budget_left.labels(name).set(runner.budget.server_remaining)
+                m.stream_length.set(await self.redis.xlen(self.store.stream))
+                groups: dict[str, Any] = {}
+                with contextlib.suppress(ResponseError):
+                    for g in await self.redis.xinfo_groups(self.store.stream):
+                        gname = g["name"].decode() if isinstance(g["name"], bytes) \
+                            else g["name"]
+                        groups[gname] = g
+                for sub in self.settings.subscribers:
+                    db = DeliveryStore(self.redis, self.keys, self.store.stream, sub.name)
+                    m.retries_pending.labels(sub.name).set(await self.redis.zcard(db.k_retry))
+                    m.dead_letters.labels(sub.name).set(await self.redis.xlen(db.k_dead))
+                    info: Any = groups.get(sub.name)
+                    if info is not None:
+                        m.lag.labels(sub.name).set(int(info.get("lag") or 0)
+                                                   + int(info.get("pending") or 0))
+            except RedisError as exc:
+                log.warning("could not refresh metrics: %s", exc)
+            await anyio.sleep(METRICS_EVERY)
 
     async def _trim_forever(self) -> None:
         """Trim the stream by ``retention`` every minute, held back by enabled subscribers."""

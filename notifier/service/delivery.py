@@ -29,6 +29,7 @@ from notifier.core.health import Health
 from notifier.core.retry import Schedule, TokenBucket, verdict
 from notifier.delivery.sender import Attempt, Sender
 from notifier.events import notifier_event
+from notifier.ops.metrics import Metrics
 from notifier.store.delivery import DeliveryStore, Entry, is_nogroup
 from notifier.store.keys import Keys
 from notifier.store.redis import Store
@@ -51,7 +52,7 @@ class SubscriberWorker:
     def __init__(self, redis: Redis, keys: Keys, store: Store, sub: SubscriberConfig, *,
                  wall: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random,
-                 health: Health | None = None) -> None:
+                 health: Health | None = None, metrics: Metrics | None = None) -> None:
         self.sub = sub
         self.store = store
         self.db = DeliveryStore(redis, keys, store.stream, sub.name)
@@ -72,6 +73,7 @@ class SubscriberWorker:
         self._logs: list[str] = []
         self._flush_due = anyio.Event()
         self.health = health or Health()
+        self.metrics = metrics
         self._beat = f"subscriber/{sub.name}"
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -259,6 +261,9 @@ class SubscriberWorker:
         event_id = fields.get("id", b"").decode()
         now = self._wall()
         outcome = verdict(attempt.status)
+        if self.metrics is not None:
+            self.metrics.deliveries.labels(self.sub.name, outcome).inc()
+            self.metrics.delivery_seconds.labels(self.sub.name).observe(attempt.latency)
         record = {"at": now, "event": event_id, "status": attempt.status,
                   "latency": round(attempt.latency, 4), "error": attempt.error,
                   "attempt": tries + 1}

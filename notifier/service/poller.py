@@ -137,6 +137,8 @@ class ResourcePoller:
         self.pages = 0
         self.heartbeat: Callable[[], None] | None = None
         """Called after every committed page: a long backfill is progress."""
+        self.on_events: Callable[[list[Event]], object] | None = None
+        """Called with the events of every committed page (metrics)."""
 
     @property
     def closed(self) -> bool:
@@ -241,6 +243,8 @@ class ResourcePoller:
                                    zdict=changes.zdict,
                                    status={"last_page_at": str(self._wall())})
                 published += len(changes.events)
+                if self.on_events is not None and changes.events:
+                    self.on_events(changes.events)
                 if self.heartbeat is not None:
                     self.heartbeat()
         if persist:
@@ -299,6 +303,8 @@ class ResourcePoller:
         event = record_event(self.practice, self.resource.name, "deleted", last, self._now())
         await self.store.commit(self.practice, self.resource.name, progress=None,
                                 deletes=[rid], events=[event])
+        if self.on_events is not None:
+            self.on_events([event])
         return 1
 
 

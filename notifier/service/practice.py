@@ -28,7 +28,8 @@ from notifier.core.keylife import fingerprint, idle_days_left, keepalive_wait, p
 from notifier.core.retry import backoff
 from notifier.dentally.client import DentallyClient
 from notifier.errors import AuthError, ConfigError, DentallyError, RateLimited, ScopeError
-from notifier.events import notifier_event
+from notifier.events import Event, notifier_event
+from notifier.ops.metrics import Metrics
 from notifier.service.poller import ResourcePoller
 from notifier.store.redis import PracticeLock, Store
 
@@ -81,7 +82,8 @@ def policy_for(cfg: PracticeConfig) -> Policy:
 
 class PracticeRunner:
     def __init__(self, store: Store, cfg: PracticeConfig, owner: str, *,
-                 wall: Callable[[], float] = time.time, health: Health | None = None) -> None:
+                 wall: Callable[[], float] = time.time, health: Health | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.store = store
         self.cfg = cfg
         self.owner = owner
@@ -91,6 +93,7 @@ class PracticeRunner:
         self._reload = anyio.Event()
         self.budget = budget_for(cfg)
         self.health = health or Health()
+        self.metrics = metrics
         self.revoked = False
 
     async def run(self) -> None:
@@ -307,10 +310,13 @@ class PracticeRunner:
         page_within = 2 * self.cfg.timeout + 90.0
         client.heartbeat = lambda: self.health.beat(beat, self._wall(), page_within)
         poller.heartbeat = client.heartbeat
+        if self.metrics is not None:
+            poller.on_events = self._count_events
         try:
             while True:
                 self.health.beat(beat, self._wall(), page_within)
                 started = anyio.current_time()
+                outcome = "ok"
                 try:
                     published = await poller.poll_once()
                     attempt = 0
@@ -325,10 +331,12 @@ class PracticeRunner:
                     scope.cancel()
                     return
                 except RateLimited as exc:
+                    outcome = "rate_limited"
                     delay = self._until(exc.reset_at)
                     await self._note_error(name, f"rate limited: {exc}")
                     log.warning("rate limited; waiting %.0fs", delay, extra=extra)
                 except ScopeError as exc:
+                    outcome = "scope_denied"
                     delay = self.cfg.scope_recheck_interval
                     await self._note_error(name, f"scope denied: {exc}")
                     fp = fingerprint(self.cfg.api_key_value())
@@ -340,15 +348,25 @@ class PracticeRunner:
                     log.error("the key may not read %s (%s); trying again in %.0fs", name, exc,
                               delay, extra=extra)
                 except (DentallyError, RedisError) as exc:
+                    outcome = "error"
                     delay = backoff(attempt)
                     attempt += 1
                     await self._note_error(name, str(exc))
                     log.warning("poll failed (%s: %s); retrying in %.1fs",
                                 type(exc).__name__, exc, delay, extra=extra)
+                if self.metrics is not None:
+                    self.metrics.polls.labels(self.cfg.name, name, outcome).inc()
+                    self.metrics.poll_seconds.labels(self.cfg.name, name).observe(
+                        anyio.current_time() - started)
                 self.health.beat(beat, self._wall(), delay + page_within)
                 await anyio.sleep(delay)
         finally:
             self.health.forget(beat)
+
+    def _count_events(self, events: list[Event]) -> None:
+        if self.metrics is not None:
+            for e in events:
+                self.metrics.events.labels(self.cfg.name, e.type).inc()
 
     async def _first_sweep(self, resource: str) -> float:
         """When the next reconciliation sweep is due: ``reconcile_interval`` after the last

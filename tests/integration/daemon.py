@@ -19,6 +19,7 @@ def write_config(path: Path, *, redis_url: str, prefix: str, stream: str, base_u
                  key: str, practice: str = "main",
                  subscribers: list[dict[str, Any]] | None = None,
                  more_practices: list[dict[str, Any]] | None = None,
+                 metrics_listen: str | None = None,
                  **practice_keys: Any) -> Path:
     # A one-second rate window with a large share: tests poll far faster than Dentally
     # allows, and test the budget itself with their own settings.
@@ -44,6 +45,8 @@ def write_config(path: Path, *, redis_url: str, prefix: str, stream: str, base_u
         lines += ["", "[[practices]]"] + [f"{k} = {toml(v)}" for k, v in extra.items()]
     for sub in subscribers or []:
         lines += ["", "[[subscribers]]"] + [f"{k} = {toml(v)}" for k, v in sub.items()]
+    if metrics_listen:
+        lines += ["", "[metrics]", f"listen = {toml(metrics_listen)}"]
     lines += ["", "[log]", 'format = "json"', 'level = "debug"']
     path.write_text("\n".join(lines) + "\n")
     return path
