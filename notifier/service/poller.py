@@ -139,6 +139,7 @@ class ResourcePoller:
         """Called after every committed page: a long backfill is progress."""
         self.on_events: Callable[[list[Event]], object] | None = None
         """Called with the events of every committed page (metrics)."""
+        self._first_sync: list[Any] | None = None
 
     @property
     def closed(self) -> bool:
@@ -181,12 +182,30 @@ class ResourcePoller:
         progress = cursor.start(progress, await self._server_now(), self.policy)
         reader = cursor.WindowRead(progress, self.closed, self.policy)
         codec = await store.codec(self.practice, name)
+        self._first_sync = None
+        if not progress.synced and self.resource.strategy == "incremental":
+            raw = await store.redis.hmget(store.keys.cursor(self.practice, name),
+                                          ["backfill_done", "backfill_started_at"])
+            done, began = (v.decode() if isinstance(v, bytes) else v for v in raw)
+            self._first_sync = [int(done or 0), began or str(self._wall())]
         try:
             return await self._read_windows(reader, codec)
         except BaseExceptionGroup as group:
             # The task group only holds the page fetched ahead, whose errors are re-raised
             # in order; surface the one error as itself, for the caller's except clauses.
             raise sole(group) from None
+
+    def _progress_status(self, whole: bool, page: Page) -> dict[str, str]:
+        """Status fields stored with a page: when, and how far a first sync has come (the
+        total is the first whole-range window's count, read on its first page)."""
+        status = {"last_page_at": str(self._wall())}
+        if self._first_sync is not None:
+            self._first_sync[0] += len(page.rows)
+            status["backfill_done"] = str(self._first_sync[0])
+            status["backfill_started_at"] = str(self._first_sync[1])
+            if whole and page.total_count is not None:
+                status["backfill_total"] = str(page.total_count)
+        return status
 
     async def _read_windows(self, reader: cursor.WindowRead, codec: Codec,
                             sweep: set[str] | None = None) -> int:
@@ -225,6 +244,8 @@ class ResourcePoller:
                 finally:
                     ahead = None
                 self.pages += 1
+                whole = (key[0].lo is None and key[1] == 1
+                         and len(reader.progress.windows) == 1)
                 outcome, new_progress = reader.page_read([str(r["id"]) for r in page.rows],
                                                          page.total_count)
                 if outcome is cursor.Outcome.NEXT:
@@ -241,7 +262,8 @@ class ResourcePoller:
                                    progress=new_progress if persist else None,
                                    snapshots=changes.snapshots, events=changes.events,
                                    zdict=changes.zdict,
-                                   status={"last_page_at": str(self._wall())})
+                                   status=self._progress_status(whole, page) if persist
+                                   else {"last_page_at": str(self._wall())})
                 published += len(changes.events)
                 if self.on_events is not None and changes.events:
                     self.on_events(changes.events)

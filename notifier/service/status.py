@@ -39,6 +39,23 @@ def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
+def _backfill(f: dict[str, str], now: float, share: int, per_page: int
+              ) -> dict[str, Any] | None:
+    """A first sync's progress and estimated time left: at the rate seen so far, and never
+    faster than the rate budget allows."""
+    done, total = _int(f.get("backfill_done")), _int(f.get("backfill_total"))
+    began = _float(f.get("backfill_started_at"))
+    if done is None or began is None:
+        return None
+    out: dict[str, Any] = {"done": done, "total": total, "eta_seconds": None}
+    if total and total > done and now > began and done:
+        left = total - done
+        by_rate = left / (done / (now - began))
+        by_budget = left / per_page / share * 3600
+        out["eta_seconds"] = max(by_rate, by_budget)
+    return out
+
+
 def _int(value: str | None) -> int | None:
     try:
         return int(value) if value else None
@@ -80,6 +97,8 @@ async def collect(settings: Settings, redis: Redis, now: float) -> dict[str, Any
                 "last_error": f.get("last_error") or None,
                 "last_error_at": _float(f.get("last_error_at")),
                 "tracked": await redis.hlen(keys.snapshots(p.name, name)),
+                "backfill": _backfill(f, now, p.max_requests_per_hour, p.per_page)
+                if not progress.synced else None,
             })
         rawk: Any = await redis.hgetall(keys.key_state(p.name))
         k = {a.decode(): b.decode() for a, b in rawk.items()}
@@ -151,9 +170,11 @@ def render(data: dict[str, Any], out: TextIO) -> None:
             print(f"  rate budget: {b['used']} of our {b['share']} used this window; "
                   f"{left} left for the key", file=out)
         for r in p["resources"]:
+            b = r.get("backfill")
             state = "synced" if r["synced"] else (
-                f"first sync: {r['windows_pending']} windows left" if r["windows_pending"]
-                else "not started")
+                f"first sync {b['done']}/{b['total'] or '?'}"
+                + (f", ~{b['eta_seconds'] / 60:.0f} min left" if b["eta_seconds"] else "")
+                if b else "not started")
             line = (f"  {r['resource']:<13} cursor {r['cursor'] or '-':<24} {state:<28} "
                     f"{r['tracked']:>8} tracked  polled {_ago(r['last_poll_at'], now)}")
             print(line, file=out)

@@ -74,3 +74,22 @@ async def test_every_resource_is_polled_with_its_strategy(
                                                   f"{singular}.updated": 3}
     assert {e["data"]["record_id"] for e in events[30:]} == set(changed)
     await poller.client.aclose()
+
+
+async def test_first_sync_records_its_progress_for_status(
+        store: Store, sandbox: SandboxThread, control: SandboxControl) -> None:
+    from notifier.service.status import _backfill
+
+    await control.seed("patients", 450, spread_days=30)
+    poller = make_poller(store, sandbox, initial_sync="seed", window_rows=100)
+    await poller.poll_once()
+    raw = await store.redis.hgetall(store.keys.cursor("main", "patients"))
+    f = {k.decode(): v.decode() for k, v in raw.items()}
+    assert f["backfill_total"] == "450" and int(f["backfill_done"]) >= 450
+    began = float(f["backfill_started_at"])
+    # Halfway after 100 s: another 100 s at that rate, unless the budget is slower.
+    half = {"backfill_done": "225", "backfill_total": "450",
+            "backfill_started_at": str(began)}
+    assert _backfill(half, began + 100, 1800, 100)["eta_seconds"] == 100
+    assert _backfill(half, began + 100, 36, 100)["eta_seconds"] == 225
+    await poller.client.aclose()
