@@ -119,7 +119,7 @@ class DentallyClient:
         while (wait := self.budget.wait(self._wall(), bulk)) > 0:
             if self.heartbeat is not None:
                 self.heartbeat()
-            await anyio.sleep(min(wait, 60.0))
+            await anyio.sleep(min(wait, 10.0))  # and beat, at least every 10 s
         self.budget.spend(self._wall())
 
     async def get(self, path: str, params: dict[str, str] | None = None, *,

@@ -305,9 +305,9 @@ class PracticeRunner:
         attempt = 0
         next_sweep = await self._first_sweep(name)
         beat = f"{self.cfg.name}/{name}"
-        # A page, or a wait for the rate budget (in steps of at most a minute), must come
+        # A page, or a wait for the rate budget (beating every 10 s), must come
         # within this long, or the loop is wedged.
-        page_within = 2 * self.cfg.timeout + 90.0
+        page_within = 2 * self.cfg.timeout + 10.0
         client.heartbeat = lambda: self.health.beat(beat, self._wall(), page_within)
         poller.heartbeat = client.heartbeat
         if self.metrics is not None:

@@ -77,3 +77,4 @@ async def test_a_wedged_loop_stops_the_watchdog(
         tg.cancel_scope.cancel()
     assert early.count("WATCHDOG=1") >= 4
     assert "WATCHDOG=1" not in late[2:]    # after the missed promise: silence
+
