@@ -13,6 +13,7 @@ import os
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -172,8 +173,8 @@ class SubscriberConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
+        if not value.startswith(("http://", "https://")) or not urlsplit(value).hostname:
+            raise ValueError("must be an http:// or https:// URL with a host")
         return value
 
     def secret_values(self) -> list[str]:

@@ -147,3 +147,10 @@ def test_key_file_under_the_credentials_directory(tmp_path: Path,
     text = MINIMAL.replace('api_key_env = "TEST_DENTALLY_KEY"',
                            'api_key_file = "$CREDENTIALS_DIRECTORY/main-api-key"')
     assert config.load(write(tmp_path, text)).practices[0].api_key_value() == "from-systemd"
+
+
+def test_subscriber_url_needs_a_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_DENTALLY_KEY", "k1")
+    text = MINIMAL.replace('url = "https://crm.example.com/hooks/dentally"', 'url = "https://"')
+    with pytest.raises(ConfigError, match=r"subscribers\[0\] \(crm\)\.url"):
+        config.load(write(tmp_path, text))

@@ -321,9 +321,10 @@ async def supervise(worker_factory: Callable[[], SubscriberWorker], name: str) -
                 await worker.run()
             except BaseExceptionGroup as group:
                 raise sole(group) from None
-        except (RedisError, OSError) as exc:
+        except Exception as exc:  # isolation: one subscriber never stops the daemon
             delay = backoff(attempt, cap=60)
             attempt += 1
             log.error("delivery stopped (%s: %s); restarting in %.1fs", type(exc).__name__,
-                      exc, delay, extra={"subscriber": name})
+                      exc, delay, extra={"subscriber": name},
+                      exc_info=not isinstance(exc, RedisError | OSError))
             await anyio.sleep(delay)

@@ -97,14 +97,26 @@ class PracticeRunner:
         self.revoked = False
 
     async def run(self) -> None:
-        """Poll this practice for as long as we hold its lock; wait for it when we do not."""
+        """Poll this practice for as long as we hold its lock; wait for it when we do not.
+
+        Whatever goes wrong in here (Redis gone, a bug) is logged and retried with backoff:
+        it never stops the other practices or the subscribers."""
         lock = PracticeLock(self.store.redis, self.store.keys.lock(self.cfg.name), self.owner)
+        attempt = 0
         while True:
-            await self._acquire(lock)
             try:
+                await self._acquire(lock)
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._keep_lock, lock, tg.cancel_scope)
                     await self._serve()
+                attempt = 0
+            except Exception as exc:  # isolation: see the docstring
+                delay = backoff(attempt, cap=60)
+                attempt += 1
+                log.error("practice stopped by %s: %s; restarting in %.1fs",
+                          type(exc).__name__, exc, delay, extra=self._extra,
+                          exc_info=not isinstance(exc, RedisError | ExceptionGroup))
+                await anyio.sleep(delay)
             finally:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(2), \
                         contextlib.suppress(RedisError):
@@ -339,7 +351,10 @@ class PracticeRunner:
                     outcome = "scope_denied"
                     delay = self.cfg.scope_recheck_interval
                     await self._note_error(name, f"scope denied: {exc}")
-                    fp = fingerprint(self.cfg.api_key_value())
+                    try:
+                        fp = fingerprint(self.cfg.api_key_value())
+                    except ConfigError:
+                        fp = "unreadable"
                     await self._notify("notifier.scope.denied",
                                        {"resource": name, "key": fp, "reason": str(exc),
                                         "action": "create a key with read access to this "
