@@ -15,7 +15,6 @@ import os
 import random
 import secrets
 import signal
-import socket
 import sys
 import time
 import uuid
@@ -23,7 +22,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import anyio
-import uvicorn
 from redis.asyncio import Redis
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -32,7 +30,8 @@ from starlette.routing import Route
 
 from notifier import config, signing
 from notifier.ops import logging as logsetup
-from notifier.sandbox.server import QuietServer, bind, serve
+from notifier.ops.http import bind, serve_app
+from notifier.sandbox.server import serve
 from notifier.sandbox.state import Sandbox
 from notifier.service import daemon
 
@@ -90,11 +89,6 @@ def receiver_app(secret: str) -> Starlette:
     return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
 
 
-async def _serve_app(app: Starlette, sock: socket.socket) -> None:
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
-    await QuietServer(config).serve(sockets=[sock])
-
-
 async def _make_changes(sb: Sandbox) -> None:
     rng = random.Random()
     while True:
@@ -145,7 +139,7 @@ async def run(duration: float | None = None, records: int = 20) -> None:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(serve, sb, sock)
                 tg.start_soon(daemon.run, settings, False)
-                tg.start_soon(_serve_app, receiver_app(secret), hook_sock)
+                tg.start_soon(serve_app, receiver_app(secret), hook_sock)
                 tg.start_soon(_make_changes, sb)
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
                     with anyio.move_on_after(duration if duration else float("inf")):

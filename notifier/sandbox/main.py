@@ -8,7 +8,8 @@ import sys
 
 import anyio
 
-from notifier.sandbox.server import bind, serve
+from notifier.ops.http import bind
+from notifier.sandbox.server import serve
 from notifier.sandbox.state import Sandbox
 
 

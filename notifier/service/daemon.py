@@ -14,7 +14,6 @@ from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import anyio.abc
-import uvicorn
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError, ResponseError
 
@@ -22,10 +21,10 @@ from notifier import config
 from notifier.config import PracticeConfig, Settings, SubscriberConfig
 from notifier.core.health import Health
 from notifier.errors import ConfigError, StoreError
+from notifier.ops.http import bind, serve_app
 from notifier.ops.metrics import Metrics
 from notifier.ops.metrics import app as metrics_app
 from notifier.ops.systemd import SystemdNotifier, watchdog_interval
-from notifier.sandbox.server import QuietServer, bind
 from notifier.service import retention
 from notifier.service.delivery import SubscriberWorker, supervise
 from notifier.service.practice import PracticeRunner, owner_id
@@ -238,9 +237,7 @@ class Daemon:
         host, _, port = listen.rpartition(":")
         sock = bind(host.strip("[]") or "127.0.0.1", int(port))
         log.info("metrics on http://%s/metrics and /healthz", listen)
-        config_ = uvicorn.Config(metrics_app(self.metrics, self.health), log_level="warning",
-                                 access_log=False, lifespan="off")
-        await QuietServer(config_).serve(sockets=[sock])
+        await serve_app(metrics_app(self.metrics, self.health), sock)
 
     async def _refresh_metrics(self) -> None:
         """Gauges that live in Redis and in the runners, every few seconds."""
