@@ -109,3 +109,12 @@ async def test_tail_shows_recent_events_filtered_by_type(
     lines = done.stdout.splitlines()
     assert len(lines) == 2 and all("patient.created" in ln for ln in lines)
     assert "patients/1" in lines[0] and "patients/3" in lines[1]
+
+
+def test_store_risks_name_eviction_and_missing_persistence() -> None:
+    from notifier.service.daemon import store_risks
+
+    assert store_risks({"maxmemory_policy": "noeviction", "aof_enabled": 1}) == []
+    risks = dict(store_risks({"maxmemory_policy": "allkeys-lru", "aof_enabled": 0}))
+    assert "allkeys-lru" in risks["redis eviction"]
+    assert "appendonly is off" in risks["redis persistence"]

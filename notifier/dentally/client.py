@@ -21,6 +21,7 @@ from notifier import __version__
 from notifier.core.budget import Budget
 from notifier.core.clock import ServerClock
 from notifier.core.resources import Resource
+from notifier.core.retry import parse_retry_after
 from notifier.core.timefmt import format_ms
 from notifier.errors import (
     AuthError,
@@ -56,19 +57,6 @@ def _int_header(headers: httpx.Headers, name: str) -> int | None:
         return int(headers[name])
     except (KeyError, ValueError):
         return None
-
-
-def _retry_after(headers: httpx.Headers, wall: float) -> float | None:
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return wall + max(0.0, float(value))
-    except ValueError:
-        try:
-            return parsedate_to_datetime(value).timestamp()
-        except (TypeError, ValueError):
-            return None
 
 
 class DentallyClient:
@@ -178,7 +166,9 @@ class DentallyClient:
             return AuthError(message, status=status)
         if status == 429 or (status == 403 and (self.rate.remaining == 0
                                                 or "rate limit" in detail.lower())):
-            reset = _retry_after(response.headers, self._wall()) or self.rate.reset_at
+            now = self._wall()
+            wait = parse_retry_after(response.headers.get("retry-after"), now)
+            reset = now + wait if wait is not None else self.rate.reset_at
             if self.budget is not None:
                 self.budget.limited(reset, self._wall())
             return RateLimited(message, status=status, reset_at=reset)

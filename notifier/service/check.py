@@ -10,7 +10,7 @@ from notifier.config import Settings
 from notifier.core import resources
 from notifier.dentally.client import DentallyClient
 from notifier.errors import AuthError, ConfigError, DentallyError, ScopeError, StoreError
-from notifier.service.daemon import connect, redact
+from notifier.service.daemon import connect, redact, store_risks
 
 Row = tuple[str, str, str]
 
@@ -25,15 +25,7 @@ async def _redis_rows(settings: Settings) -> list[Row]:
         info = await redis.info()
         version = info.get("valkey_version") or info.get("redis_version", "?")
         rows: list[Row] = [(where, "ok", f"server {version}")]
-        policy = info.get("maxmemory_policy", "noeviction")
-        if policy != "noeviction":
-            rows.append(("redis eviction", "warn",
-                         f"maxmemory-policy is {policy}: Redis may evict cursors and "
-                         "snapshots; set noeviction"))
-        if not info.get("aof_enabled"):
-            rows.append(("redis persistence", "warn",
-                         "appendonly is off: a Redis restart loses events not yet "
-                         "delivered; enable AOF"))
+        rows += [(what, "warn", warning) for what, warning in store_risks(info)]
         return rows
     except RedisError as exc:
         return [(where, "FAIL", str(exc))]

@@ -94,18 +94,27 @@ async def status_line(store: Store, runners: list[PracticeRunner],
     return ", ".join(parts)
 
 
+def store_risks(info: dict[str, Any]) -> list[tuple[str, str]]:
+    """What could make Redis lose or evict our data, from its INFO: (setting, warning)."""
+    risks = []
+    policy = info.get("maxmemory_policy", "noeviction")
+    if policy != "noeviction":
+        risks.append(("redis eviction", f"maxmemory-policy is {policy}: Redis may evict "
+                      "cursors, snapshots and undelivered events; set noeviction"))
+    if not info.get("aof_enabled"):
+        risks.append(("redis persistence", "appendonly is off: a Redis restart loses the "
+                      "events not yet delivered and the consumer groups; enable AOF"))
+    return risks
+
+
 async def _warn_about_store(redis: Redis) -> None:
     """Say so at start when Redis could lose or evict what the notifier keeps in it."""
     try:
         info = await redis.info()
     except RedisError:
         return
-    if info.get("maxmemory_policy", "noeviction") != "noeviction":
-        log.warning("Redis maxmemory-policy is %s: it may evict cursors, snapshots and "
-                    "undelivered events; set noeviction", info["maxmemory_policy"])
-    if not info.get("aof_enabled"):
-        log.warning("Redis runs without AOF persistence: a Redis restart loses events not "
-                    "yet delivered and the consumer groups; enable appendonly")
+    for _, warning in store_risks(info):
+        log.warning("%s", warning)
 
 
 class Daemon:
