@@ -71,10 +71,6 @@ class Progress:
     synced: bool = False
     """True once the first full sync finished (``seed`` mode publishes no ``created`` before)."""
 
-    @property
-    def busy(self) -> bool:
-        return bool(self.windows)
-
 
 class Outcome(Enum):
     NEXT = "next"      # fetch ``progress.page`` of the same window
@@ -141,7 +137,6 @@ class WindowRead:
     closed: bool
     policy: Policy
     seen: set[str] = field(default_factory=set)
-    rows_read: int = 0
 
     @property
     def window(self) -> Window:
@@ -151,7 +146,6 @@ class WindowRead:
         p = self.progress
         page = p.page
         count0 = total_count if page == 1 else p.count0
-        self.rows_read += len(ids)
         duplicate = any(i in self.seen for i in ids)
         self.seen.update(ids)
         short = len(ids) < self.policy.per_page

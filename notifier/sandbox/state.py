@@ -95,7 +95,6 @@ class Table:
         self.rows: dict[str, dict[str, Any]] = {}
         self.updated: dict[str, int] = {}
         self.index: SortedList = SortedList()   # (updated_ms, sort_id, id)
-        self.deleted: set[str] = set()
         self.version = 0
         self._cache: dict[tuple[Any, ...], list[str]] = {}
 
@@ -116,7 +115,6 @@ class Table:
         sid = _sort_id(record_id, self.int_ids)
         self.index.remove((self.updated.pop(record_id), sid, record_id))
         del self.rows[record_id]
-        self.deleted.add(record_id)
         self.version += 1
         self._cache.clear()
         return True

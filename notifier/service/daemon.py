@@ -15,7 +15,7 @@ from urllib.parse import urlsplit, urlunsplit
 import anyio
 import anyio.abc
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from notifier import config
 from notifier.config import PracticeConfig, Settings, SubscriberConfig
@@ -28,7 +28,7 @@ from notifier.ops.systemd import SystemdNotifier, watchdog_interval
 from notifier.service import retention
 from notifier.service.delivery import SubscriberWorker, supervise
 from notifier.service.practice import PracticeRunner, owner_id
-from notifier.store.delivery import DeliveryStore
+from notifier.store.delivery import DeliveryStore, groups, unacked
 from notifier.store.keys import Keys
 from notifier.store.redis import Store
 
@@ -77,13 +77,10 @@ async def status_line(store: Store, runners: list[PracticeRunner],
     revoked = sum(r.revoked for r in runners)
     disabled = sum(w.disabled for w in workers)
     lag = 0
-    try:
-        for g in await store.redis.xinfo_groups(store.stream):
-            name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
-            if any(w.sub.name == name and not w.disabled for w in workers):
-                lag += int(g.get("lag") or 0) + int(g.get("pending") or 0)
-    except RedisError:
-        pass
+    with contextlib.suppress(RedisError):
+        infos = await groups(store.redis, store.stream)
+        lag = sum(unacked(infos[w.sub.name]) for w in workers
+                  if not w.disabled and w.sub.name in infos)
     parts = [f"{len(runners)} practices"]
     if revoked:
         parts.append(f"{revoked} key{'s' * (revoked > 1)} revoked")
@@ -260,20 +257,13 @@ class Daemon:
                     if runner.budget.server_remaining is not None:
                         m.budget_left.labels(name).set(runner.budget.server_remaining)
                 m.stream_length.set(await self.redis.xlen(self.store.stream))
-                groups: dict[str, Any] = {}
-                with contextlib.suppress(ResponseError):
-                    for g in await self.redis.xinfo_groups(self.store.stream):
-                        gname = g["name"].decode() if isinstance(g["name"], bytes) \
-                            else g["name"]
-                        groups[gname] = g
+                infos = await groups(self.redis, self.store.stream)
                 for sub in self.settings.subscribers:
                     db = DeliveryStore(self.redis, self.keys, self.store.stream, sub.name)
                     m.retries_pending.labels(sub.name).set(await self.redis.zcard(db.k_retry))
                     m.dead_letters.labels(sub.name).set(await self.redis.xlen(db.k_dead))
-                    info: Any = groups.get(sub.name)
-                    if info is not None:
-                        m.lag.labels(sub.name).set(int(info.get("lag") or 0)
-                                                   + int(info.get("pending") or 0))
+                    if sub.name in infos:
+                        m.lag.labels(sub.name).set(unacked(infos[sub.name]))
             except RedisError as exc:
                 log.warning("could not refresh metrics: %s", exc)
             await anyio.sleep(METRICS_EVERY)

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
+
+from notifier.store.delivery import groups as consumer_groups
 
 log = logging.getLogger("notifier.retention")
 
@@ -31,13 +32,8 @@ def cutoff(now: float, retention: float, needed: Iterable[tuple[int, int]]) -> t
 
 async def needed_ids(redis: Redis, stream: str, groups: set[str]) -> list[tuple[int, int]]:
     """For each of ``groups`` (enabled subscribers), the oldest id it still needs."""
-    try:
-        infos: Any = await redis.xinfo_groups(stream)
-    except ResponseError:  # no stream yet
-        return []
     out = []
-    for info in infos:
-        name = info["name"].decode() if isinstance(info["name"], bytes) else info["name"]
+    for name, info in (await consumer_groups(redis, stream)).items():
         if name not in groups:
             continue
         ms, seq = parse_id(info["last-delivered-id"])

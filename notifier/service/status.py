@@ -11,13 +11,13 @@ from datetime import UTC, datetime
 from typing import Any, TextIO
 
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from notifier.config import Settings
 from notifier.core.timefmt import format_ms
 from notifier.service.daemon import connect
 from notifier.service.retention import parse_id
 from notifier.store.delivery import DeliveryStore
+from notifier.store.delivery import groups as consumer_groups
 from notifier.store.keys import Keys
 from notifier.store.redis import Store
 
@@ -33,10 +33,6 @@ def _ago(ts: float | None, now: float) -> str:
     if s < 172800:
         return f"{s / 3600:.1f}h ago"
     return f"{s / 86400:.1f}d ago"
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _backfill(f: dict[str, str], now: float, share: int, per_page: int
@@ -114,17 +110,11 @@ async def collect(settings: Settings, redis: Redis, now: float) -> dict[str, Any
                        "server_remaining": _int(k.get("server_remaining")),
                        "server_reset": _float(k.get("server_reset"))},
         })
-    groups: dict[str, Any] = {}
-    try:
-        for info in await redis.xinfo_groups(stream):
-            name = _text(info["name"])
-            groups[name] = info
-    except ResponseError:
-        pass
+    infos = await consumer_groups(redis, stream)
     for sub in settings.subscribers:
         db = DeliveryStore(redis, keys, stream, sub.name)
         state = await db.state()
-        g: Any = groups.get(sub.name)
+        g: Any = infos.get(sub.name)
         oldest_needed = None
         if g is not None and g.get("pending"):
             summary: Any = await redis.xpending(stream, sub.name)

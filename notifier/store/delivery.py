@@ -33,6 +33,21 @@ def _entries(reply: Any) -> list[Entry]:
     return out
 
 
+async def groups(redis: Redis, stream: str) -> dict[str, dict[str, Any]]:
+    """The stream's consumer groups by name (XINFO GROUPS); none while there is no stream."""
+    try:
+        infos: Any = await redis.xinfo_groups(stream)
+    except ResponseError:  # no such stream yet
+        return {}
+    return {(i["name"].decode() if isinstance(i["name"], bytes) else str(i["name"])): i
+            for i in infos}
+
+
+def unacked(info: dict[str, Any]) -> int:
+    """Events a group has not yet read (lag) plus those read but not acknowledged."""
+    return int(info.get("lag") or 0) + int(info.get("pending") or 0)
+
+
 def is_nogroup(exc: ResponseError) -> bool:
     return str(exc).startswith("NOGROUP")
 

@@ -54,7 +54,3 @@ class Keys:
         if part not in ("retry", "tries", "dead", "state", "log"):
             raise ValueError(part)
         return f"{self.prefix}:sub:{name}:{part}"
-
-    def pattern(self) -> str:
-        """Matches every key under the prefix (the stream is named separately)."""
-        return f"{self.prefix}:*"
