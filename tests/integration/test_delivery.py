@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +16,7 @@ from notifier.service import retention
 from tests.conftest import Namespace
 from tests.integration.daemon import Daemon, wait_until
 from tests.receiver import Receiver, Reply
+from tests.test_cli import run_cli as cli
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -25,11 +24,6 @@ SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 def subscriber(url: str, **kw: Any) -> dict[str, Any]:
     return {"name": "crm", "url": url, "secret": SECRET, "allow_private": True,
             "start": "beginning", "retry_schedule": [0.05, 0.05], **kw}
-
-
-def cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "notifier", *args], capture_output=True,
-                          text=True, timeout=60)
 
 
 async def stream_ids(redis: Redis, stream: str) -> set[str]:
