@@ -24,7 +24,8 @@ async def test_share_is_never_exceeded_and_steady_polls_keep_their_pace(
         redis: Redis, ns: Namespace, control: SandboxControl,
         daemon_factory: Callable[..., Daemon]) -> None:
     await control.quirks(rate_window=WINDOW, rate_limit=60)
-    await control.seed("patients", 1500, spread_days=100)
+    # 2,500 rows need 50+ page requests: more than two windows of 20 can carry.
+    await control.seed("patients", 2500, spread_days=100)
     appts = await control.seed("appointments", 5)
     daemon = daemon_factory(resources=["patients", "appointments"], initial_sync="emit",
                             per_page=50, rate_window=WINDOW,
