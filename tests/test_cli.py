@@ -112,7 +112,7 @@ async def test_tail_shows_recent_events_filtered_by_type(
 
 
 def test_store_risks_name_eviction_and_missing_persistence() -> None:
-    from notifier.service.daemon import store_risks
+    from notifier.store.connection import store_risks
 
     assert store_risks({"maxmemory_policy": "noeviction", "aof_enabled": 1}) == []
     risks = dict(store_risks({"maxmemory_policy": "allkeys-lru", "aof_enabled": 0}))

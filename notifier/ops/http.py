@@ -31,6 +31,13 @@ def bind(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
     return sock
 
 
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (for a child process that binds it itself)."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
 def make_server(app: Any, **config: Any) -> QuietServer:
     """A quiet uvicorn server for ``app``; ``config`` adds uvicorn settings."""
     return QuietServer(uvicorn.Config(app, log_level="warning", access_log=False,

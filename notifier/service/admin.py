@@ -12,7 +12,7 @@ from notifier.config import Settings, SubscriberConfig
 from notifier.core.timefmt import parse_ms
 from notifier.delivery.sender import Sender
 from notifier.errors import ConfigError
-from notifier.service.daemon import connect
+from notifier.store.connection import connect
 from notifier.store.delivery import DeliveryStore
 from notifier.store.keys import Keys
 
@@ -47,7 +47,7 @@ async def redeliver(settings: Settings, name: str, out: TextIO, *, event_id: str
     """Send a subscriber's dead letters (default), one event by id, or every matching
     event since a time. True when every one was accepted (2xx)."""
     sub = find(settings, name)
-    redis = await connect(settings)
+    redis = await connect(settings.redis.url)
     db = DeliveryStore(redis, Keys(settings.redis.prefix), settings.redis.stream, name)
     sender = Sender(sub.url, sub.secret_values(), timeout=sub.timeout,
                     max_in_flight=sub.max_in_flight, allow_private=sub.allow_private)
@@ -95,7 +95,7 @@ async def redeliver(settings: Settings, name: str, out: TextIO, *, event_id: str
 
 async def enable(settings: Settings, name: str, out: TextIO) -> None:
     find(settings, name)
-    redis = await connect(settings)
+    redis = await connect(settings.redis.url)
     try:
         db = DeliveryStore(redis, Keys(settings.redis.prefix), settings.redis.stream, name)
         was = (await db.state()).get("disabled") == "1"

@@ -10,7 +10,7 @@ from notifier.config import Settings
 from notifier.core import resources
 from notifier.dentally.client import DentallyClient
 from notifier.errors import AuthError, ConfigError, DentallyError, ScopeError, StoreError
-from notifier.service.daemon import connect, redact, store_risks
+from notifier.store.connection import connect, redact, store_risks
 
 Row = tuple[str, str, str]
 
@@ -18,7 +18,7 @@ Row = tuple[str, str, str]
 async def _redis_rows(settings: Settings) -> list[Row]:
     where = f"redis {redact(settings.redis.url)}"
     try:
-        redis = await connect(settings)
+        redis = await connect(settings.redis.url)
     except StoreError as exc:
         return [(where, "FAIL", str(exc))]
     try:

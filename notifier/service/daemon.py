@@ -10,17 +10,16 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import anyio
 import anyio.abc
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from notifier import config
 from notifier.config import PracticeConfig, Settings, SubscriberConfig
 from notifier.core.health import Health
-from notifier.errors import ConfigError, StoreError
+from notifier.errors import ConfigError
 from notifier.ops.http import bind, serve_app
 from notifier.ops.metrics import Metrics
 from notifier.ops.metrics import app as metrics_app
@@ -28,6 +27,7 @@ from notifier.ops.systemd import SystemdNotifier, watchdog_interval
 from notifier.service import retention
 from notifier.service.delivery import SubscriberWorker, supervise
 from notifier.service.practice import PracticeRunner, owner_id
+from notifier.store import connection
 from notifier.store.delivery import DeliveryStore, groups, unacked
 from notifier.store.keys import Keys
 from notifier.store.redis import Store
@@ -39,15 +39,6 @@ STATUS_EVERY = 10.0
 METRICS_EVERY = 2.0
 
 
-def redact(url: str) -> str:
-    """``url`` without its password, for messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
 def pool_size(settings: Settings) -> int:
     """Connections the daemon may need at once: each subscriber holds one in a blocking read
     and uses more while its deliveries complete; each practice polls its resources."""
@@ -55,20 +46,8 @@ def pool_size(settings: Settings) -> int:
                                                          for p in settings.practices)
 
 
-def client(url: str, max_connections: int) -> Redis:
-    """A client whose pool waits for a free connection instead of failing at its limit."""
-    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections, timeout=30)
-    return Redis(connection_pool=pool)
-
-
 async def connect(settings: Settings) -> Redis:
-    redis = client(settings.redis.url, pool_size(settings))
-    try:
-        await redis.ping()
-    except RedisError as exc:
-        await redis.aclose()
-        raise StoreError(f"cannot reach Redis at {redact(settings.redis.url)}: {exc}") from None
-    return redis
+    return await connection.connect(settings.redis.url, pool_size(settings))
 
 
 async def status_line(store: Store, runners: list[PracticeRunner],
@@ -89,29 +68,6 @@ async def status_line(store: Store, runners: list[PracticeRunner],
         parts.append(f"{disabled} disabled")
     parts.append(f"lag {lag}")
     return ", ".join(parts)
-
-
-def store_risks(info: dict[str, Any]) -> list[tuple[str, str]]:
-    """What could make Redis lose or evict our data, from its INFO: (setting, warning)."""
-    risks = []
-    policy = info.get("maxmemory_policy", "noeviction")
-    if policy != "noeviction":
-        risks.append(("redis eviction", f"maxmemory-policy is {policy}: Redis may evict "
-                      "cursors, snapshots and undelivered events; set noeviction"))
-    if not info.get("aof_enabled"):
-        risks.append(("redis persistence", "appendonly is off: a Redis restart loses the "
-                      "events not yet delivered and the consumer groups; enable AOF"))
-    return risks
-
-
-async def _warn_about_store(redis: Redis) -> None:
-    """Say so at start when Redis could lose or evict what the notifier keeps in it."""
-    try:
-        info = await redis.info()
-    except RedisError:
-        return
-    for _, warning in store_risks(info):
-        log.warning("%s", warning)
 
 
 class Daemon:
@@ -165,7 +121,7 @@ class Daemon:
                             partial(supervise, _reuse_first(first, make), cfg.name))
 
     async def run(self, handle_signals: bool) -> None:
-        await _warn_about_store(self.redis)
+        await connection.warn_about_store(self.redis)
         log.info("started: %d practices, %d subscribers, stream %s",
                  len(self.settings.practices), len(self.settings.subscribers),
                  self.settings.redis.stream)

@@ -14,8 +14,8 @@ from redis.asyncio import Redis
 
 from notifier.config import Settings
 from notifier.core.timefmt import format_ms
-from notifier.service.daemon import connect
 from notifier.service.retention import parse_id
+from notifier.store.connection import connect
 from notifier.store.delivery import DeliveryStore
 from notifier.store.delivery import groups as consumer_groups
 from notifier.store.keys import Keys
@@ -190,7 +190,7 @@ def render(data: dict[str, Any], out: TextIO) -> None:
 
 
 async def run(settings: Settings, out: TextIO, as_json: bool) -> None:
-    redis = await connect(settings)
+    redis = await connect(settings.redis.url)
     try:
         data = await collect(settings, redis, time.time())
     finally:

@@ -3,7 +3,6 @@ whole pipeline: logs, status, metrics and every Redis value."""
 
 from __future__ import annotations
 
-import socket
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +12,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
+from notifier.ops.http import free_port
 from notifier.sandbox.control import SandboxControl
 from tests.conftest import Namespace
 from tests.integration.daemon import Daemon, wait_until
@@ -20,12 +20,6 @@ from tests.receiver import Receiver, Reply
 
 SECRET = "whsec_c2VjcmV0LXdlYmhvb2stdmFsdWUtMTIzNDU2Nzg5MA=="
 API_KEY = "sk_live_TOPSECRET_key_value_42"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
