@@ -21,6 +21,7 @@ import anyio
 
 from notifier import __version__, config
 from notifier.errors import ConfigError, StoreError
+from notifier.ops.text import escape, safe
 
 EXIT_OK, EXIT_BUG, EXIT_CONFIG, EXIT_CHECK, EXIT_REDIS = 0, 1, 2, 3, 4
 
@@ -47,8 +48,10 @@ def _parser() -> argparse.ArgumentParser:
     with_config(tl)
     tl.add_argument("--type", action="append", default=[], metavar="GLOB",
                     help="only these event types (glob, repeatable), e.g. 'patient.*'")
+    tl.add_argument("--practice", action="append", default=[], metavar="NAME",
+                    help="only this practice's events (glob, repeatable)")
     tl.add_argument("-n", "--last", type=int, default=10,
-                    help="events to show from before now (default 10)")
+                    help="matching events to show from before now (default 10)")
     tl.add_argument("--no-follow", action="store_true", help="print and exit")
     rd = sub.add_parser("redeliver", help="re-send a subscriber's dead letters or events")
     with_config(rd)
@@ -107,13 +110,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "tail":
             settings = _load(args.config)
             from notifier.service import tail
-            anyio.run(partial(tail.run, settings, sys.stdout, args.type, args.last,
-                              follow=not args.no_follow))
+            anyio.run(partial(tail.run, settings, safe(sys.stdout), args.type,
+                              args.last, follow=not args.no_follow,
+                              practices=args.practice))
             return EXIT_OK
         if args.command == "redeliver":
             settings = _load(args.config)
             from notifier.service import admin
-            ok = anyio.run(partial(admin.redeliver, settings, args.subscriber, sys.stdout,
+            ok = anyio.run(partial(admin.redeliver, settings, args.subscriber,
+                                   safe(sys.stdout),
                                    event_id=args.event_id, since=args.since))
             return EXIT_OK if ok else EXIT_CHECK
         if args.command == "subscriber":
@@ -130,10 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             anyio.run(sandbox_main.run, args)
             return EXIT_OK
     except ConfigError as exc:
-        print(f"dentally-notifier: {exc}", file=sys.stderr)
+        print(escape(f"dentally-notifier: {exc}", keep_newlines=True), file=sys.stderr)
         return EXIT_CONFIG
     except StoreError as exc:
-        print(f"dentally-notifier: {exc}", file=sys.stderr)
+        print(escape(f"dentally-notifier: {exc}", keep_newlines=True), file=sys.stderr)
         return EXIT_REDIS
     except KeyboardInterrupt:
         return 130

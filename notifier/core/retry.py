@@ -8,7 +8,6 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
 
 JITTER = 0.2
 # A Retry-After is honoured, but never beyond this (a receiver asking for a day must not
@@ -22,23 +21,6 @@ def backoff(attempt: int, *, base: float = 1.0, cap: float = 300.0,
     in the upper half so that many practices failing together do not retry in step."""
     ceiling = min(cap, base * float(2 ** min(attempt, 30)))
     return ceiling / 2 + rand() * ceiling / 2
-
-
-Verdict = Literal["delivered", "retry", "gone"]
-
-
-def verdict(status: int | None) -> Verdict:
-    """What a delivery attempt's outcome means. ``None``: no response (timeout, refused).
-
-    2xx delivered; 410 Gone disables the subscriber; everything else (timeouts, connection
-    errors, 5xx, 429, redirects, which are not followed, and other 4xx) is retried on the
-    schedule and dead-lettered after its last attempt.
-    """
-    if status is not None and 200 <= status < 300:
-        return "delivered"
-    if status == 410:
-        return "gone"
-    return "retry"
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,16 @@
 """One subscriber's HTTP side: signed POSTs over pooled keep-alive connections.
 
-Each attempt is bounded by httpx's own timeouts (never an outer cancel scope: cancelling
-requests under pool contention leaks pool slots in httpcore 1.0.x), reads at most
-``BODY_LIMIT`` bytes of the reply, and never follows redirects.
+Each attempt is bounded as a whole by ``timeout``, from the address check and the connect
+to the last byte of the reply: httpx's own timeouts apply to each read, so a receiver that
+trickles one byte a second would otherwise hold the attempt (and one of the subscriber's
+``max_in_flight`` slots) for ever. The deadline is an outer cancel scope. Cancelling a
+request while it waits for a pool connection leaks that slot in httpcore 1.0.x
+(encode/httpcore #1093), so a request here never waits for one: the pool has exactly
+``max_in_flight`` connections and the subscriber's worker never runs more attempts than
+that at once (a soak test cancels thousands of attempts and checks the pool is whole).
+Should the pool still ever report ``PoolTimeout``, the client is replaced.
+
+Each attempt reads at most ``BODY_LIMIT`` bytes of the reply and never follows redirects.
 """
 
 from __future__ import annotations
@@ -13,6 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import anyio
 import httpx
 
 from notifier import __version__, signing
@@ -45,21 +54,40 @@ class Sender:
         self.secrets = list(secrets)
         self.guard = URLGuard(url, allow_private)
         self._wall = wall
-        limits = httpx.Limits(max_connections=max_in_flight,
-                              max_keepalive_connections=max_in_flight)
+        self.timeout = timeout
+        self.max_in_flight = max_in_flight
+        self._transport = transport
+        self.client = self._client()
+
+    def _client(self) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=self.max_in_flight,
+                              max_keepalive_connections=self.max_in_flight)
         # httpx writes a POST's headers and body separately; without TCP_NODELAY, Nagle's
         # algorithm holds the body until the receiver's delayed ACK, 40 ms later.
-        transport = transport or httpx.AsyncHTTPTransport(limits=limits,
-                                                          socket_options=NODELAY)
-        self.client = httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout), limits=limits, follow_redirects=False,
+        transport = self._transport or httpx.AsyncHTTPTransport(limits=limits,
+                                                                socket_options=NODELAY)
+        return httpx.AsyncClient(
+            timeout=httpx.Timeout(self.timeout), limits=limits, follow_redirects=False,
             headers={"User-Agent": USER_AGENT}, transport=transport)
 
     async def aclose(self) -> None:
         await self.client.aclose()
 
     async def send(self, event_id: str, payload: bytes) -> Attempt:
+        """One attempt, over within ``timeout`` whatever the receiver does."""
         started = time.monotonic()
+        with anyio.move_on_after(self.timeout) as scope:
+            attempt = await self._send(event_id, payload, started)
+        if scope.cancelled_caught:
+            return Attempt(None, time.monotonic() - started,
+                           f"timed out (no complete reply within {self.timeout:g}s)")
+        if attempt.error.startswith("PoolTimeout") and self._transport is None:
+            old, self.client = self.client, self._client()
+            with anyio.CancelScope(shield=True):
+                await old.aclose()
+        return attempt
+
+    async def _send(self, event_id: str, payload: bytes, started: float) -> Attempt:
         try:
             await self.guard.check()
         except UnsafeURL as exc:
@@ -79,6 +107,8 @@ class Sender:
                 if status in (429, 503):
                     retry_after = parse_retry_after(response.headers.get("retry-after"),
                                                     self._wall())
+        except httpx.PoolTimeout:
+            return Attempt(None, time.monotonic() - started, "PoolTimeout: no free connection")
         except httpx.TimeoutException:
             return Attempt(None, time.monotonic() - started, "timed out")
         except httpx.TransportError as exc:

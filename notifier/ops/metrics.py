@@ -63,9 +63,7 @@ def app(metrics: Metrics, health: Health, wall: Callable[[], float] = time.time)
         return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(request: Request) -> Response:
-        stalled = health.stalled(wall())
-        if stalled:
-            return JSONResponse({"ok": False, "stalled": stalled}, status_code=503)
-        return JSONResponse({"ok": True})
+        report = health.report(wall())
+        return JSONResponse(report, status_code=200 if report["ok"] else 503)
 
     return Starlette(routes=[Route("/metrics", get_metrics), Route("/healthz", healthz)])

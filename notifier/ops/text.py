@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
 _CONTROL_ALL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
@@ -78,3 +78,8 @@ def describe(event: dict[str, Any]) -> str:
     elif "state" in record:
         line += f"  {record.get('reason', '')} ({record['state']})"
     return escape(line)
+
+
+def safe(out: TextIO) -> TextIO:
+    """``out`` behind a ``SafeWriter`` (it has what ``print`` needs of a text stream)."""
+    return cast(TextIO, SafeWriter(out))

@@ -98,9 +98,7 @@ async def enable(settings: Settings, name: str, out: TextIO) -> None:
     redis = await connect(settings.redis.url)
     try:
         db = DeliveryStore(redis, Keys(settings.redis.prefix), settings.redis.stream, name)
-        was = (await db.state()).get("disabled") == "1"
-        await db.clear_state("disabled", "failing_since")
-        await db.set_state(enabled_at=str(time.time()))
+        was = await db.enable(time.time())
         print(f"subscriber {name} {'enabled' if was else 'was not disabled'}; a running "
               "daemon resumes delivery within a second", file=out)
     finally:

@@ -216,8 +216,8 @@ class Daemon:
                 infos = await groups(self.redis, self.store.stream)
                 for sub in self.settings.subscribers:
                     db = DeliveryStore(self.redis, self.keys, self.store.stream, sub.name)
-                    m.retries_pending.labels(sub.name).set(await self.redis.zcard(db.k_retry))
-                    m.dead_letters.labels(sub.name).set(await self.redis.xlen(db.k_dead))
+                    m.retries_pending.labels(sub.name).set(await db.retries_pending())
+                    m.dead_letters.labels(sub.name).set(await db.dead_letters())
                     if sub.name in infos:
                         m.lag.labels(sub.name).set(unacked(infos[sub.name]))
             except RedisError as exc:
@@ -230,9 +230,8 @@ class Daemon:
             try:
                 enabled = set()
                 for sub in self.settings.subscribers:
-                    state = await DeliveryStore(self.redis, self.keys, self.store.stream,
-                                                sub.name).state()
-                    if state.get("disabled") != "1":
+                    if not await DeliveryStore(self.redis, self.keys, self.store.stream,
+                                               sub.name).is_disabled():
                         enabled.add(sub.name)
                 await retention.trim(self.redis, self.store.stream, enabled,
                                      self.settings.redis.retention, time.time())

@@ -3,8 +3,16 @@ ordering, isolation and disabling.
 
 Each subscriber has its own consumer group, HTTP pool, concurrency limit and tasks, so a
 slow, hanging or failing one never delays another. An event is acknowledged in its group
-only after a 2xx or when it is dead-lettered; until then it stays pending, and a restarted
-daemon sends it again (at-least-once, same ``webhook-id``).
+only after a 2xx, when it is dead-lettered, or when it was trimmed from the stream before
+it could be sent (counted as lost); until then it stays pending, and a restarted daemon
+sends it again (at-least-once, same ``webhook-id``). What each attempt's outcome leads to
+is decided in ``core.delivery``; this module carries it out.
+
+Without a crash an event is never sent again after a success: the worker *owns* every
+entry it is sending or whose outcome is not yet in Redis (``owned``), and the retrier
+reads the due retries and discounts the owned ones under the same lock under which the
+flusher writes acknowledgements, so it can neither see a retry whose acknowledgement is
+being written nor start one that is already running.
 """
 
 from __future__ import annotations
@@ -25,11 +33,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
 from notifier.config import SubscriberConfig
+from notifier.core.delivery import Policy, decide, outcome
 from notifier.core.health import Health
-from notifier.core.retry import Schedule, TokenBucket, verdict
+from notifier.core.retry import TokenBucket
 from notifier.delivery.sender import Attempt, Sender
 from notifier.events import notifier_event
 from notifier.ops.metrics import Metrics
+from notifier.store.connection import block_ms, wait_for
 from notifier.store.delivery import DeliveryStore, Entry, is_nogroup
 from notifier.store.keys import Keys
 from notifier.store.redis import Store
@@ -39,13 +49,29 @@ log = logging.getLogger("notifier.delivery")
 CONSUMER = "dentally-notifier"
 FLUSH_DELAY = 0.005
 READ_COUNT = 100
+READ_BLOCK = 1.0
 STATE_POLL = 1.0
+BEAT_WITHIN = 90.0
+DISABLED_NOTICE = "notifier.subscriber.disabled"
+METRIC_OUTCOME = {"delivered": "delivered", "gone": "gone", "failed": "retry"}
 
 RecordKey = tuple[bytes, bytes, bytes] | None
 
 
 def matches(patterns: list[str], event_type: str) -> bool:
     return any(fnmatch.fnmatchcase(event_type, p) for p in patterns)
+
+
+def about(fields: dict[str, bytes], subscriber: str) -> bool:
+    """Is this entry the notice that ``subscriber`` itself was disabled? (Sent to every
+    other subscriber that wants it, never to the one it is about.)"""
+    if fields.get("type", b"") != DISABLED_NOTICE.encode():
+        return False
+    try:
+        return bool(json.loads(fields.get("payload", b"{}"))["data"]["subscriber"]
+                    == subscriber)
+    except (ValueError, KeyError, TypeError):
+        return False
 
 
 class SubscriberWorker:
@@ -58,30 +84,37 @@ class SubscriberWorker:
         self.db = DeliveryStore(redis, keys, store.stream, sub.name)
         self.sender = Sender(sub.url, sub.secret_values(), timeout=sub.timeout,
                              max_in_flight=sub.max_in_flight, allow_private=sub.allow_private)
-        self.schedule = Schedule(sub.retry_schedule)
+        self.policy = Policy(sub.retry_schedule, sub.disable_after)
         self.bucket = TokenBucket(sub.max_per_second) if sub.max_per_second else None
         self.slots = anyio.Semaphore(sub.max_in_flight)
         self.busy: dict[Any, deque[Entry]] = {}
-        self.retrying: set[str] = set()
+        self.owned: set[str] = set()
         self.disabled = False
         self.wake = anyio.Event()
         self._wall = wall
         self._rand = rand
         self._extra = {"subscriber": sub.name}
         self._acks: list[str] = []
-        self._acking: set[str] = set()
         self._logs: list[str] = []
         self._flush_due = anyio.Event()
+        self._due_lock = anyio.Lock()
         self.health = health or Health()
         self.metrics = metrics
         self._beat = f"subscriber/{sub.name}"
+        # The reader may wait for a slot while every attempt in flight runs to its timeout
+        # (and, with a rate cap, for its turn).
+        pacing = sub.max_in_flight / sub.max_per_second if sub.max_per_second else 0.0
+        self._beat_within = BEAT_WITHIN + sub.timeout + pacing
 
     # -- lifecycle ----------------------------------------------------------------------
     async def run(self) -> None:
-        created = await self.db.ensure_group(self.sub.start)
-        if created:
+        now = self._wall()
+        created = await self.db.ensure_group(self.sub.start, now)
+        if created == "created":
             log.info("consumer group created (start = %s)", self.sub.start, extra=self._extra)
-        self.disabled = (await self.db.state()).get("disabled") == "1"
+        elif created == "recreated":
+            await self._report_group_lost(now)
+        self.disabled = await self.db.is_disabled()
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_state)
@@ -109,68 +142,98 @@ class SubscriberWorker:
         if not acks and not logs:
             return
         self._acks, self._logs = [], []
-        await self.db.flush(acks, logs, self._wall())
-        self._acking.difference_update(acks)
+        async with self._due_lock:  # the retrier reads due retries under this lock
+            await self.db.flush(acks, logs, self._wall())
+            self.owned.difference_update(acks)
 
     def _queue(self, ack: str | None, record: dict[str, Any]) -> None:
         if ack is not None:
-            self._acks.append(ack)
-            self._acking.add(ack)  # the retrier must not pick it up before the ack lands
+            self._acks.append(ack)  # stays owned until the ack is in Redis
         self._logs.append(json.dumps(record))
         self._flush_due.set()
 
     async def _watch_state(self) -> None:
         while True:
             await anyio.sleep(STATE_POLL)
-            disabled = (await self.db.state()).get("disabled") == "1"
+            disabled = await self.db.is_disabled()
             if self.disabled and not disabled:
                 log.info("re-enabled; delivering again", extra=self._extra)
                 self.wake.set()
             self.disabled = disabled
 
-    async def _wait_enabled(self) -> None:
+    async def _wait_enabled(self, *, reader: bool = False) -> None:
+        """While the subscriber is disabled: a pause on purpose, not a stall."""
+        if not self.disabled:
+            return
+        if reader:
+            self.health.pause(self._beat, "disabled")
         while self.disabled:  # noqa: ASYNC110 - the flag is flipped from Redis by the CLI
             await anyio.sleep(STATE_POLL / 4)
+        if reader:
+            self.health.beat(self._beat, self._wall(), self._beat_within)
 
     # -- reading ------------------------------------------------------------------------
     async def _reader(self, tg: anyio.abc.TaskGroup) -> None:
+        self.health.beat(self._beat, self._wall(), self._beat_within)
+        await self._wait_enabled(reader=True)
         after = "0"
+        lost: list[str] = []
         while True:  # what this consumer held when the daemon last stopped
             entries = await self.db.read(CONSUMER, new=False, count=READ_COUNT, after=after)
             if not entries:
                 break
             for entry in entries:
                 after = entry[0]
-                if await self.db.scheduled(entry[0]):
+                if not entry[1]:
+                    lost.append(entry[0])
+                elif await self.db.scheduled(entry[0]):
                     key = self._key(entry[1])
                     if key is not None:
                         self.busy.setdefault(key, deque())
-                    continue
-                await self._dispatch(tg, entry)
+                else:
+                    await self._dispatch(tg, entry)
+        await self._lost(lost)
+        block = block_ms(self.db.redis, READ_BLOCK)
         while True:
-            self.health.beat(self._beat, self._wall(), 90.0)
-            await self._wait_enabled()
+            self.health.beat(self._beat, self._wall(), self._beat_within)
+            await self._wait_enabled(reader=True)
             try:
                 entries = await self.db.read(CONSUMER, new=True, count=READ_COUNT,
-                                             block_ms=1000)
+                                             block_ms=block)
             except ResponseError as exc:
                 if not is_nogroup(exc):
                     raise
-                await self._group_lost()
+                await self.db.ensure_group(self.sub.start, self._wall(), existed=True)
+                await self._report_group_lost(self._wall())
                 continue
+            lost = []
             for entry in entries:
-                await self._dispatch(tg, entry)
+                if entry[1]:
+                    await self._dispatch(tg, entry)
+                else:
+                    lost.append(entry[0])
+            await self._lost(lost)
 
-    async def _group_lost(self) -> None:
-        now = self._wall()
-        await self.db.ensure_group("beginning")
-        state = await self.db.state()
-        count = int(state.get("group_lost_count", "0")) + 1
-        await self.db.set_state(group_lost_at=str(now), group_lost_count=str(count))
-        log.error("consumer group was lost (Redis restarted without persistence?); "
-                  "recreated from the start of the retained stream: events may be sent "
-                  "again, and events appended before the loss that were not delivered may "
-                  "be gone with the stream", extra=self._extra)
+    async def _report_group_lost(self, now: float) -> None:
+        count = await self.db.group_lost(now)
+        log.error("consumer group was lost (Redis restarted without persistence, or it was "
+                  "deleted; %d time%s so far); recreated from the oldest event still in the "
+                  "stream: events may be sent again, and undelivered events trimmed from "
+                  "the stream meanwhile are gone", count, "s" * (count != 1),
+                  extra=self._extra)
+
+    async def _lost(self, entry_ids: list[str]) -> None:
+        """Pending entries no longer in the stream (trimmed while the subscriber was
+        disabled or far behind): never sent; acknowledged, counted, reported once."""
+        if not entry_ids:
+            return
+        counted = await self.db.lost(entry_ids, self._wall())
+        self.owned.difference_update(entry_ids)
+        if counted:
+            log.error("%d event%s waiting for this subscriber %s trimmed from the stream "
+                      "before delivery (retention) and cannot be sent: counted as lost "
+                      "(first %s)", counted, "s" * (counted != 1),
+                      "were" if counted != 1 else "was", entry_ids[0], extra=self._extra)
 
     def _key(self, fields: dict[str, bytes]) -> RecordKey:
         if self.sub.ordering != "per_record" or not fields.get("record_id"):
@@ -180,7 +243,7 @@ class SubscriberWorker:
     async def _dispatch(self, tg: anyio.abc.TaskGroup, entry: Entry) -> None:
         entry_id, fields = entry
         event_type = fields.get("type", b"").decode()
-        if not matches(self.sub.events, event_type):
+        if not matches(self.sub.events, event_type) or about(fields, self.sub.name):
             await self.db.skip(entry_id)
             return
         key = self._key(fields)
@@ -189,8 +252,12 @@ class SubscriberWorker:
                 self.busy[key].append(entry)
                 return
             self.busy[key] = deque()
+        await self._start(tg, entry, 0)
+
+    async def _start(self, tg: anyio.abc.TaskGroup, entry: Entry, tries: int) -> None:
+        self.owned.add(entry[0])
         await self.slots.acquire()
-        tg.start_soon(self._deliver, tg, entry, 0)
+        tg.start_soon(self._deliver, tg, entry, tries)
 
     def _release(self, tg: anyio.abc.TaskGroup, fields: dict[str, bytes]) -> None:
         key = self._key(fields)
@@ -198,41 +265,36 @@ class SubscriberWorker:
             return
         queue = self.busy.get(key)
         if queue:
-            tg.start_soon(self._start_next, tg, queue.popleft())
+            tg.start_soon(self._start, tg, queue.popleft(), 0)
         else:
             self.busy.pop(key, None)
-
-    async def _start_next(self, tg: anyio.abc.TaskGroup, entry: Entry) -> None:
-        await self.slots.acquire()
-        await self._deliver(tg, entry, 0)
 
     # -- retries --------------------------------------------------------------------------
     async def _retrier(self, tg: anyio.abc.TaskGroup) -> None:
         while True:
             await self._wait_enabled()
-            now = self._wall()
-            for entry_id in await self.db.due(now, READ_COUNT):
-                if entry_id in self.retrying or entry_id in self._acking:
-                    continue
+            async with self._due_lock:
+                due = [i for i in await self.db.due(self._wall(), READ_COUNT)
+                       if i not in self.owned]
+                self.owned.update(due)
+            lost = []
+            for entry_id in due:
                 fields = await self.db.entry(entry_id)
-                if fields is None:
-                    log.error("event %s to retry is no longer in the stream", entry_id,
-                              extra=self._extra)
-                    await self.db.delivered(entry_id, now)
+                if not fields:
+                    lost.append(entry_id)
                     continue
                 tries = await self.db.tries(entry_id)
-                self.retrying.add(entry_id)
-                await self.slots.acquire()
-                tg.start_soon(self._deliver, tg, (entry_id, fields), tries)
-            due = await self.db.next_due()
-            wait = 1.0 if due is None else min(1.0, max(0.005, due - self._wall()))
+                await self._start(tg, (entry_id, fields), tries)
+            await self._lost(lost)
+            when = await self.db.next_due()
+            wait = 1.0 if when is None else min(1.0, max(0.005, when - self._wall()))
             self.wake = anyio.Event()
             with anyio.move_on_after(wait):
                 await self.wake.wait()
 
     # -- one attempt --------------------------------------------------------------------
     async def _deliver(self, tg: anyio.abc.TaskGroup, entry: Entry, tries: int) -> None:
-        entry_id, fields = entry
+        _, fields = entry
         event_id = fields.get("id", b"").decode()
         try:
             try:
@@ -246,8 +308,6 @@ class SubscriberWorker:
             # which sends it again from the pending list.
             log.error("could not record delivery of %s: %s", event_id, exc, extra=self._extra)
             raise
-        finally:
-            self.retrying.discard(entry_id)
 
     async def _pace(self) -> None:
         if self.bucket is None:
@@ -260,71 +320,82 @@ class SubscriberWorker:
         entry_id, fields = entry
         event_id = fields.get("id", b"").decode()
         now = self._wall()
-        outcome = verdict(attempt.status)
+        kind = outcome(attempt.status)
         if self.metrics is not None:
-            self.metrics.deliveries.labels(self.sub.name, outcome).inc()
+            self.metrics.deliveries.labels(self.sub.name, METRIC_OUTCOME[kind]).inc()
             self.metrics.delivery_seconds.labels(self.sub.name).observe(attempt.latency)
         record = {"at": now, "event": event_id, "status": attempt.status,
                   "latency": round(attempt.latency, 4), "error": attempt.error,
                   "attempt": tries + 1}
-        if outcome == "delivered":
+        if kind == "delivered":
             self._queue(entry_id, record)
             self._release(tg, fields)
             return
         self._queue(None, record)
-        tries += 1
-        if outcome == "gone":
-            await self.db.schedule_retry(entry_id, tries, now, now)
-            await self._disable("the endpoint answered 410 Gone", now)
-            return
-        delay = self.schedule.next_delay(tries, retry_after=attempt.retry_after,
-                                         rand=self._rand)
-        if delay is None:
-            await self.db.dead_letter(entry_id, fields, attempt.error, tries, now)
-            log.warning("event %s dead-lettered after %d attempts (%s)", event_id, tries,
-                        attempt.error, extra=self._extra)
-            self._release(tg, fields)
-        else:
-            await self.db.schedule_retry(entry_id, tries, now + delay, now)
-            self.wake.set()
-            log.info("event %s attempt %d failed (%s); next in %.1fs", event_id, tries,
-                     attempt.error, delay, extra=self._extra)
-        since = (await self.db.state()).get("failing_since")
-        if since and now - float(since) >= self.sub.disable_after:
-            await self._disable(f"every attempt failed for {now - float(since):.0f}s", now)
+        state = await self.db.state()
+        d = decide(self.policy, attempt.status, tries, now,
+                   failing_since=state.failing_since, retry_after=attempt.retry_after,
+                   rand=self._rand)
+        try:
+            if d.action == "dead_letter":
+                await self.db.dead_letter(entry_id, fields, attempt.error, d.attempts, now)
+                log.warning("event %s dead-lettered after %d attempts (%s)", event_id,
+                            d.attempts, attempt.error, extra=self._extra)
+                self._release(tg, fields)
+            else:  # retry, or disable (the event is retried at once on enable)
+                delay = d.delay or 0.0
+                await self.db.schedule_retry(entry_id, d.attempts, now + delay, now)
+                self.wake.set()
+                if d.action == "retry":
+                    log.info("event %s attempt %d failed (%s); next in %.1fs", event_id,
+                             d.attempts, attempt.error, delay, extra=self._extra)
+        finally:
+            self.owned.discard(entry_id)
+        if d.disable:
+            await self._disable(d.disable, now)
 
     async def _disable(self, reason: str, now: float) -> None:
         if self.disabled:
             return
         self.disabled = True
-        await self.db.set_state(disabled="1", disabled_at=str(now), disabled_reason=reason)
+        if not await self.db.disable(reason, now):
+            return
         when = datetime.fromtimestamp(now, UTC)
-        event = notifier_event("notifier.subscriber.disabled", "",
-                               {"subscriber": self.sub.name, "reason": reason}, when,
-                               self.sub.name, str(now))
+        event = notifier_event(DISABLED_NOTICE, "",
+                               {"subscriber": self.sub.name, "reason": reason,
+                                "action": f"fix the endpoint, then run `dentally-notifier "
+                                          f"subscriber enable {self.sub.name}`"},
+                               when, self.sub.name, str(now))
         await self.store.publish(event)
         log.error("subscriber disabled: %s; `dentally-notifier subscriber enable %s` turns "
                   "it back on", reason, self.sub.name, extra=self._extra)
 
 
 async def supervise(worker_factory: Callable[[], SubscriberWorker], name: str) -> None:
-    """Run one subscriber's worker for ever, restarting it (with backoff) on Redis errors,
-    so that one subscriber's trouble never stops the daemon or another subscriber."""
+    """Run one subscriber's worker for ever, restarting it on errors, so that one
+    subscriber's trouble never stops the daemon or another subscriber. After a Redis
+    error it restarts as soon as Redis answers again; after any other error, with
+    backoff."""
     from notifier.core.retry import backoff
     from notifier.service.poller import sole
 
     attempt = 0
+    extra = {"subscriber": name}
     while True:
+        worker = worker_factory()
         try:
-            worker = worker_factory()
             try:
                 await worker.run()
             except BaseExceptionGroup as group:
                 raise sole(group) from None
+        except RedisError as exc:
+            log.warning("delivery paused: Redis failed (%s: %s)", type(exc).__name__, exc,
+                        extra=extra)
+            worker.health.beat(worker._beat, time.time(), worker._beat_within)
+            await wait_for(worker.db.redis, "delivery", extra)
         except Exception as exc:  # isolation: one subscriber never stops the daemon
             delay = backoff(attempt, cap=60)
             attempt += 1
             log.error("delivery stopped (%s: %s); restarting in %.1fs", type(exc).__name__,
-                      exc, delay, extra={"subscriber": name},
-                      exc_info=not isinstance(exc, RedisError | OSError))
+                      exc, delay, extra=extra, exc_info=not isinstance(exc, OSError))
             await anyio.sleep(delay)

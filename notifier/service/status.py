@@ -120,23 +120,24 @@ async def collect(settings: Settings, redis: Redis, now: float) -> dict[str, Any
             summary: Any = await redis.xpending(stream, sub.name)
             if summary and summary.get("min"):
                 oldest_needed = now - parse_id(summary["min"])[0] / 1000
-        last: Any = await redis.lrange(db.k_log, 0, 0)
         out["subscribers"].append({
             "name": sub.name,
-            "enabled": state.get("disabled") != "1",
-            "disabled_reason": state.get("disabled_reason"),
+            "enabled": not state.disabled,
+            "disabled_reason": state.disabled_reason,
             "group": g is not None,
             "lag": None if g is None else g.get("lag"),
             "pending": None if g is None else g.get("pending"),
             "oldest_undelivered_age": oldest_needed,
             "retention": settings.redis.retention,
-            "retries_pending": await redis.zcard(db.k_retry),
-            "dead_letters": await redis.xlen(db.k_dead),
-            "failing_since": _float(state.get("failing_since")),
-            "last_success_at": _float(state.get("last_success_at")),
-            "last_attempt": json.loads(last[0]) if last else None,
-            "group_lost_at": _float(state.get("group_lost_at")),
-            "group_lost_count": int(state.get("group_lost_count", "0")),
+            "retries_pending": await db.retries_pending(),
+            "dead_letters": await db.dead_letters(),
+            "failing_since": state.failing_since,
+            "last_success_at": state.last_success_at,
+            "last_attempt": await db.last_attempt(),
+            "group_lost_at": state.group_lost_at,
+            "group_lost_count": state.group_lost_count,
+            "lost": state.lost_count,
+            "lost_at": state.lost_at,
         })
     return out
 
@@ -182,6 +183,9 @@ def render(data: dict[str, Any], out: TextIO) -> None:
         print(f"  retries pending {sub['retries_pending']}, dead letters "
               f"{sub['dead_letters']}, last success {_ago(sub['last_success_at'], now)}",
               file=out)
+        if sub.get("lost"):
+            print(f"  {sub['lost']} event{'s' * (sub['lost'] != 1)} lost: trimmed from the "
+                  f"stream before delivery (last {_ago(sub['lost_at'], now)})", file=out)
         if sub["group_lost_count"]:
             when = datetime.fromtimestamp(sub["group_lost_at"], UTC).isoformat(
                 timespec="seconds")

@@ -2,18 +2,9 @@ from __future__ import annotations
 
 import pytest
 
-from notifier.core.retry import Schedule, TokenBucket, backoff, parse_retry_after, verdict
+from notifier.core.retry import Schedule, TokenBucket, backoff, parse_retry_after
 
 DEFAULT = Schedule([5, 300, 1800, 7200, 18000, 36000, 36000])
-
-
-@pytest.mark.parametrize(("status", "expected"), [
-    (200, "delivered"), (204, "delivered"), (299, "delivered"), (410, "gone"),
-    (None, "retry"), (301, "retry"), (400, "retry"), (404, "retry"), (429, "retry"),
-    (500, "retry"), (503, "retry"),
-])
-def test_verdicts(status: int | None, expected: str) -> None:
-    assert verdict(status) == expected
 
 
 def test_default_schedule_with_jitter_bounds() -> None:
