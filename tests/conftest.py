@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 from redis.asyncio import Redis
@@ -18,6 +19,7 @@ from notifier.store.connection import delete_prefix
 from notifier.store.keys import Keys
 from notifier.store.redis import Store
 from tests.integration.daemon import Daemon, write_config
+from tests.proxy import RedisProxy
 
 
 @pytest.fixture(scope="session")
@@ -50,6 +52,16 @@ async def redis(redis_url: str, ns: Namespace) -> AsyncIterator[Redis]:
     finally:
         await delete_prefix(client, ns.prefix)
         await client.aclose()
+
+
+@pytest.fixture
+async def redis_proxy(redis_url: str) -> AsyncIterator[RedisProxy]:
+    """A TCP proxy to the test Redis (lost replies, outages); its ``url`` to connect to."""
+    parts = urlsplit(redis_url)
+    proxy = RedisProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    await proxy.start()
+    yield proxy
+    await proxy.stop()
 
 
 @pytest.fixture

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from urllib.parse import urlsplit
 
 import pytest
-from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from notifier.core.cursor import Progress, Window
@@ -16,6 +13,7 @@ from notifier.events import record_event
 from notifier.store.keys import Keys
 from notifier.store.redis import PracticeLock, Store
 from tests.conftest import Namespace
+from tests.proxy import RedisProxy
 
 T = datetime(2026, 11, 27, tzinfo=UTC)
 
@@ -49,67 +47,20 @@ async def test_fresh_progress_is_empty(store: Store) -> None:
     assert await store.progress("main", "patients") == Progress()
 
 
-class DropReplyProxy:
-    """A TCP proxy to Redis that, when armed, lets the next EVALSHA reach the server and
-    then cuts the connection before its reply gets back: the lost-reply case."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.armed = False
-        self.dropped = 0
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                      ) -> None:
-        up_r, up_w = await asyncio.open_connection(self.host, self.port)
-        cut = asyncio.Event()
-
-        async def upstream() -> None:
-            while data := await reader.read(65536):
-                if self.armed and b"EVALSHA" in data.upper():
-                    self.armed = False
-                    cut.set()
-                up_w.write(data)
-                await up_w.drain()
-
-        async def downstream() -> None:
-            while data := await up_r.read(65536):
-                if cut.is_set():
-                    self.dropped += 1
-                    break
-                writer.write(data)
-                await writer.drain()
-            writer.close()
-            up_w.close()
-
-        await asyncio.gather(upstream(), downstream(), return_exceptions=True)
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-
-
 @pytest.fixture
-async def proxied(redis_url: str, ns: Namespace) -> AsyncIterator[tuple[Store, DropReplyProxy]]:
-    parts = urlsplit(redis_url)
-    proxy = DropReplyProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
-    port = await proxy.start()
-    client = Redis(host="127.0.0.1", port=port, db=int(parts.path.strip("/") or 0))
-    yield Store(client, Keys(ns.prefix), ns.stream), proxy
+async def proxied(redis_proxy: RedisProxy, ns: Namespace
+                  ) -> AsyncIterator[tuple[Store, RedisProxy]]:
+    client = redis_proxy.client()
+    yield Store(client, Keys(ns.prefix), ns.stream), redis_proxy
     await client.aclose()
-    await proxy.stop()
 
 
 async def test_retry_after_lost_reply_publishes_once(
-        proxied: tuple[Store, DropReplyProxy], store: Store) -> None:
+        proxied: tuple[Store, RedisProxy], store: Store) -> None:
     """redis-py retries a command whose connection died; the retry must not apply twice."""
     pstore, proxy = proxied
     await pstore.commit("main", "invoices", progress=Progress(cursor=1))  # loads the script
-    proxy.armed = True
+    proxy.arm([b"EVALSHA"])
     applied = await pstore.commit("main", "patients", progress=Progress(cursor=2),
                                   events=events(5), snapshots={"1": b"x"})
     assert proxy.dropped == 1, "the proxy did not cut the reply"
