@@ -51,35 +51,45 @@ async def redeliver(settings: Settings, name: str, out: TextIO, *, event_id: str
     db = DeliveryStore(redis, Keys(settings.redis.prefix), settings.redis.stream, name)
     sender = Sender(sub.url, sub.secret_values(), timeout=sub.timeout,
                     max_in_flight=sub.max_in_flight, allow_private=sub.allow_private)
-    todo: list[tuple[str | None, str, bytes]] = []   # (dead-letter entry, event id, payload)
+    # (dead-letter entry, stream entry, event id, payload)
+    todo: list[tuple[str | None, str | None, str, bytes]] = []
     try:
         if since is not None:
             try:
                 ms = parse_ms(since)
             except ValueError as exc:
                 raise ConfigError(f"--since: {exc}") from None
-            async for _, f in _scan(redis, settings.redis.stream, f"{ms}-0"):
+            # Any time before the stream's first entry (even before 1970) means all of it.
+            start = f"{ms}-0" if ms > 0 else "-"
+            async for entry_id, f in _scan(redis, settings.redis.stream, start):
                 if any(fnmatch.fnmatchcase(_text(f[b"type"]), p) for p in sub.events):
-                    todo.append((None, _text(f[b"id"]), f[b"payload"]))
+                    todo.append((None, _text(entry_id), _text(f[b"id"]), f[b"payload"]))
         else:
             async for entry_id, f in _scan(redis, db.k_dead):
                 if event_id is None or _text(f[b"id"]) == event_id:
-                    todo.append((_text(entry_id), _text(f[b"id"]), f[b"payload"]))
+                    todo.append((_text(entry_id), None, _text(f[b"id"]), f[b"payload"]))
             if event_id is not None and not todo:
-                async for _, f in _scan(redis, settings.redis.stream):
+                async for entry_id, f in _scan(redis, settings.redis.stream):
                     if _text(f[b"id"]) == event_id:
-                        todo.append((None, event_id, f[b"payload"]))
+                        todo.append((None, _text(entry_id), event_id, f[b"payload"]))
                         break
             if event_id is not None and not todo:
                 print(f"event {event_id} is neither a dead letter of {name} nor in the "
                       "retained stream", file=out)
                 return False
         failed = 0
-        for dead_entry, eid, payload in todo:
+        for dead_entry, entry, eid, payload in todo:
+            # Take over the event's scheduled retry, so that it does not fire later too.
+            due = await db.take_over(entry) if entry is not None else None
             attempt = await sender.send(eid, payload)
             ok = attempt.status is not None and 200 <= attempt.status < 300
             if ok and dead_entry is not None:
                 await redis.xdel(db.k_dead, dead_entry)
+            if entry is not None:
+                if ok:
+                    await db.redelivered(entry)
+                elif due is not None:  # give the retry back, if the event still needs it
+                    await db.schedule_retry(entry, await db.tries(entry), due, time.time())
             await db.log_attempt(at=time.time(), event=eid, status=attempt.status,
                                  latency=round(attempt.latency, 4), error=attempt.error,
                                  attempt=0, redelivery=True)
