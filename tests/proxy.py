@@ -22,6 +22,9 @@ class RedisProxy:
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.markers: tuple[bytes, ...] = ()
+        self.latency = 0.0  # seconds added to every reply (a slow or distant Redis)
+        # seconds added to the reply of a command containing one of these markers
+        self.slow: dict[bytes, float] = {}
         self.dropped = 0
         self.listen_port = 0
         self.server: asyncio.Server | None = None
@@ -71,9 +74,13 @@ class RedisProxy:
             return
         self._writers.update((writer, up_w))
         cut = asyncio.Event()
+        hold = [0.0]
 
         async def upstream() -> None:
             while data := await reader.read(65536):
+                for marker, delay in self.slow.items():
+                    if marker in data.upper():
+                        hold[0] = delay
                 if self.markers and any(m in data.upper() for m in self.markers):
                     self.markers = ()
                     cut.set()
@@ -86,6 +93,9 @@ class RedisProxy:
                 if cut.is_set():
                     self.dropped += 1
                     break
+                if self.latency or hold[0]:
+                    delay, hold[0] = self.latency + hold[0], 0.0
+                    await asyncio.sleep(delay)
                 writer.write(data)
                 await writer.drain()
             writer.close()
