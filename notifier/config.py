@@ -42,6 +42,20 @@ REGIONS: dict[str, str] = {
     "sandbox": "https://api.sandbox.dentally.co",
 }
 
+def _check_url(value: str, schemes: tuple[str, ...]) -> str:
+    """``value`` as a URL with one of ``schemes``, a host and a valid port (if any)."""
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # ValueError when out of range or not a number
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    if parts.scheme not in schemes or not parts.hostname:
+        raise ValueError(f"must be a {' or '.join(s + '://' for s in schemes)} URL with a host")
+    if port == 0:
+        raise ValueError("port 0 is not a port to connect to")
+    return value
+
+
 Name = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")]
 Seconds = Annotated[float, Field(gt=0)]
 
@@ -77,6 +91,17 @@ class RedisConfig(_Strict):
     stream: str = "dentally:events"
     prefix: str = Field(default="dentally-notifier", min_length=1)
     retention: Seconds = 604_800
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if value.startswith("unix://"):
+            return value
+        try:
+            return _check_url(value, ("redis", "rediss"))
+        except ValueError as exc:
+            # the message never repeats the URL: it may carry a password
+            raise ValueError(str(exc)) from None
 
 
 class PracticeConfig(_Strict):
@@ -123,8 +148,8 @@ class PracticeConfig(_Strict):
     @field_validator("base_url")
     @classmethod
     def _url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
+        if value is not None:
+            _check_url(value, ("http", "https"))
         return value.rstrip("/") if value else value
 
     @model_validator(mode="after")
@@ -173,9 +198,7 @@ class SubscriberConfig(_Strict):
     @field_validator("url")
     @classmethod
     def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")) or not urlsplit(value).hostname:
-            raise ValueError("must be an http:// or https:// URL with a host")
-        return value
+        return _check_url(value, ("http", "https"))
 
     def secret_values(self) -> list[str]:
         """The signing secrets (several when rotating), from whichever source is set."""
@@ -204,6 +227,17 @@ class SubscriberConfig(_Strict):
 
 class MetricsConfig(_Strict):
     listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        _, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("must be host:port with a port from 1 to 65535, "
+                             "e.g. \"127.0.0.1:9464\"")
+        return value
 
 
 class LogConfig(_Strict):
@@ -263,6 +297,12 @@ def _where(loc: tuple[int | str, ...], data: Any) -> str:
 
 def parse(data: dict[str, Any], source: str = "config") -> Settings:
     """Validate ``data`` (the parsed TOML); ConfigError names every offending key."""
+    # pydantic-settings reads init arguments that begin with "_" as its own options
+    # (``_env_prefix``, ``_cli_parse_args``...): from a file they are unknown keys.
+    private = sorted(k for k in data if str(k).startswith("_"))
+    if private:
+        raise ConfigError(f"invalid configuration in {source}:\n  " + "\n  ".join(
+            f"{k}: unknown key (a key may not begin with '_')" for k in private))
     try:
         return Settings(**data)
     except ValidationError as exc:
@@ -294,3 +334,32 @@ def load(path: Path) -> Settings:
     for sub in settings.subscribers:
         sub.secret_values()
     return settings
+
+
+def secret_files(settings: Settings) -> list[tuple[str, Path]]:
+    """Every file a secret is read from: (which key, path)."""
+    out: list[tuple[str, Path]] = []
+    for i, p in enumerate(settings.practices):
+        if p.api_key_file is not None:
+            out.append((f"practices[{i}] ({p.name}).api_key_file",
+                        Path(os.path.expandvars(str(p.api_key_file)))))
+    for i, sub in enumerate(settings.subscribers):
+        if sub.secret_file is not None:
+            out.append((f"subscribers[{i}] ({sub.name}).secret_file",
+                        Path(os.path.expandvars(str(sub.secret_file)))))
+    return out
+
+
+def loose_secret_files(settings: Settings) -> list[str]:
+    """Warnings for secret files that the group or others may read (as ssh refuses
+    private keys that are), one per file, naming the key and the mode."""
+    out = []
+    for key, path in secret_files(settings):
+        try:
+            mode = path.stat().st_mode & 0o777
+        except OSError:
+            continue  # unreadable files are reported when the secret is read
+        if mode & 0o077:
+            out.append(f"{key}: {path} is readable by {'others' if mode & 0o007 else 'its group'}"
+                       f" (mode {mode:04o}); make it private: chmod 600 {path}")
+    return out

@@ -6,6 +6,7 @@ from typing import TextIO
 
 from redis.exceptions import RedisError
 
+from notifier import config
 from notifier.config import Settings
 from notifier.core import resources
 from notifier.dentally.client import DentallyClient
@@ -70,6 +71,7 @@ async def run(settings: Settings, out: TextIO) -> bool:
     """Print the table; True only if nothing failed (warnings do not fail)."""
     rows: list[Row] = [("config", "ok", f"{len(settings.practices)} practices, "
                                         f"{len(settings.subscribers)} subscribers")]
+    rows += [("secret file", "warn", w) for w in config.loose_secret_files(settings)]
     rows += await _redis_rows(settings)
     rows += await _practice_rows(settings)
     width = max(len(r[0]) for r in rows)

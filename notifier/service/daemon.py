@@ -122,6 +122,8 @@ class Daemon:
 
     async def run(self, handle_signals: bool) -> None:
         await connection.warn_about_store(self.redis)
+        for warning in config.loose_secret_files(self.settings):
+            log.warning("%s", warning)
         log.info("started: %d practices, %d subscribers, stream %s",
                  len(self.settings.practices), len(self.settings.subscribers),
                  self.settings.redis.stream)
@@ -149,7 +151,12 @@ class Daemon:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     self.notify.reloading()
-                    await self.reload()
+                    try:
+                        await self.reload()
+                    except (Exception, SystemExit) as exc:  # a reload never ends the daemon
+                        log.error("reload failed, the running configuration stays: %s: %s",
+                                  type(exc).__name__, exc,
+                                  exc_info=not isinstance(exc, ConfigError | SystemExit))
                     self.notify.ready(await status_line(self.store, self.runners,
                                                         self.workers))
                     continue
