@@ -31,6 +31,7 @@ from notifier.errors import AuthError, ConfigError, DentallyError, RateLimited, 
 from notifier.events import Event, notifier_event
 from notifier.ops.metrics import Metrics
 from notifier.service.poller import ResourcePoller
+from notifier.store.connection import REDIS_RETRY_CAP
 from notifier.store.redis import PracticeLock, Store
 
 log = logging.getLogger("notifier.practice")
@@ -111,7 +112,9 @@ class PracticeRunner:
                     await self._serve()
                 attempt = 0
             except Exception as exc:  # isolation: see the docstring
-                delay = backoff(attempt, cap=60)
+                # Redis trouble: try again within seconds of Redis answering again.
+                delay = backoff(attempt, cap=REDIS_RETRY_CAP if isinstance(exc, RedisError)
+                                else 60)
                 attempt += 1
                 log.error("practice stopped by %s: %s; restarting in %.1fs",
                           type(exc).__name__, exc, delay, extra=self._extra,
@@ -129,7 +132,7 @@ class PracticeRunner:
                 holder = await lock.acquire(owner_alive)
             except RedisError as exc:
                 log.error("redis unavailable: %s", exc, extra=self._extra)
-                await anyio.sleep(backoff(attempt, cap=30))
+                await anyio.sleep(backoff(attempt, cap=REDIS_RETRY_CAP))
                 attempt += 1
                 continue
             if holder is None:
@@ -139,14 +142,20 @@ class PracticeRunner:
             await anyio.sleep(lock.ttl_ms / 1000 / 2)
 
     async def _keep_lock(self, lock: PracticeLock, scope: anyio.CancelScope) -> None:
+        renewed = time.monotonic()
         while True:
             await anyio.sleep(lock.ttl_ms / 1000 / 3)
             try:
                 if not await lock.renew():
-                    log.error("lost the practice lock to another daemon; stopping",
-                              extra=self._extra)
+                    if time.monotonic() - renewed >= lock.ttl_ms / 1000:
+                        log.warning("the practice lock expired while Redis could not be "
+                                    "reached; taking it again", extra=self._extra)
+                    else:
+                        log.error("lost the practice lock to another daemon; stopping",
+                                  extra=self._extra)
                     scope.cancel()
                     return
+                renewed = time.monotonic()
             except RedisError as exc:
                 log.warning("could not renew the practice lock: %s", exc, extra=self._extra)
 
@@ -364,7 +373,8 @@ class PracticeRunner:
                               delay, extra=extra)
                 except (DentallyError, RedisError) as exc:
                     outcome = "error"
-                    delay = backoff(attempt)
+                    delay = backoff(attempt, cap=REDIS_RETRY_CAP) \
+                        if isinstance(exc, RedisError) else backoff(attempt)
                     attempt += 1
                     await self._note_error(name, str(exc))
                     log.warning("poll failed (%s: %s); retrying in %.1fs",

@@ -35,8 +35,11 @@ CONNECT_TIMEOUT = 5.0
 HEALTH_CHECK_INTERVAL = 2
 RETRIES = 3
 RETRY_CAP = 1.0
-# After a command's retries are spent, how often a loop asks whether Redis is back.
+# After a command's retries are spent, how often a loop asks whether Redis is back, and
+# the longest backoff of a loop that retries after a Redis error (so that it resumes
+# within a few seconds of Redis answering again).
 WAIT_POLL = 0.5
+REDIS_RETRY_CAP = 2.0
 _SECRET_PARAMS = ("pass", "secret", "token", "auth", "key", "credential")
 
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import anyio
+import httpx
 import pytest
 
 from notifier.delivery.sender import Sender
@@ -132,6 +133,8 @@ async def _soak(attempts: int, in_flight: int) -> None:
             assert not [o for o in outcomes if "PoolTimeout" in o]
             # The same client, now pointed at a fast receiver: every slot is free.
             sender.url = fast.url
+            sender.timeout = 2.0  # a loaded machine may take more than 50 ms to answer
+            sender.client.timeout = httpx.Timeout(2.0)
             outcomes.clear()
             started = time.monotonic()
             async with anyio.create_task_group() as tg:
