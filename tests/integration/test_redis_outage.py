@@ -59,9 +59,9 @@ async def _outage(tmp_path: Path, ns: Namespace, sandbox: SandboxThread,
 async def test_every_loop_resumes_soon_after_a_redis_outage(
         tmp_path: Path, ns: Namespace, sandbox: SandboxThread, control: SandboxControl,
         redis_proxy: RedisProxy) -> None:
-    """A 12 s outage: longer than redis-py's own retries and long enough for the old
-    backoffs (60 s cap) to reach tens of seconds."""
-    await _outage(tmp_path, ns, sandbox, control, redis_proxy, cut=12.0)
+    """A 20 s outage: longer than redis-py's own retries, and long enough for exponential
+    backoffs (the poller's and the subscriber supervisor's, before) to reach 10 to 30 s."""
+    await _outage(tmp_path, ns, sandbox, control, redis_proxy, cut=20.0)
 
 
 @pytest.mark.slow
