@@ -233,6 +233,9 @@ class KeyLife:
     """The last success an idle warning was published for (one per incident)."""
     failures: int = 0
     """Inconclusive probes in a row (their retry backs off)."""
+    replaces: tuple[str, str] | None = None
+    """(fingerprint, since) of a revoked key this one replaces: its first 2xx publishes
+    ``notifier.key.restored`` for that incident."""
 
     # -- queries ------------------------------------------------------------------------
     def may_send(self, now: float, probe: bool = False, resource: str | None = None) -> bool:
@@ -311,7 +314,12 @@ class KeyLife:
         self.since = now
         if stored.get("fingerprint") == event.fp:
             self.last_success = _float(stored.get("last_success_at"))
-            self.denied = {r: now for r in (stored.get("denied") or "").split(",") if r}
+            # Denials are remembered (not published again) but rechecked at once.
+            self.denied = {r: now - self.scope_recheck_interval
+                           for r in (stored.get("denied") or "").split(",") if r}
+        elif stored.get("state") == "revoked" and stored.get("fingerprint"):
+            self.replaces = (stored["fingerprint"], stored.get("since", ""))
+        if stored.get("fingerprint") == event.fp:
             if stored.get("state") == "revoked":
                 # Remember the incident (so a restart publishes nothing again), but never
                 # trust it for ever: probe at once.
@@ -324,6 +332,8 @@ class KeyLife:
     def _new_key(self, fp: str, now: float) -> list[Action]:
         if fp == self.fp:
             return self._retry(now)
+        if self.state in STOPPED:
+            self.replaces = (self.fp, str(self.since))
         self.fp, self.state, self.since = fp, State.UNKNOWN, now
         self.last_success = self.keepalive_sent = self.idle_warned = None
         self.denied.clear()
@@ -441,6 +451,12 @@ class KeyLife:
             if before is State.REVOKED:
                 actions.append(Publish("notifier.key.restored", {"key": self.fp},
                                        (self.fp, "restored", str(self.since))))
+            elif self.replaces is not None:
+                old, since = self.replaces
+                actions.append(Publish("notifier.key.restored",
+                                       {"key": self.fp, "replaces": old},
+                                       (old, "restored", since)))
+            self.replaces = None
             if before is not State.IDLE_WARNED:
                 self.since = now
             self.reason = ""

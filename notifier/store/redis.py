@@ -9,9 +9,10 @@ retry then finds its own token and applies nothing twice.
 
 from __future__ import annotations
 
+import copy
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from redis.asyncio import Redis
@@ -100,6 +101,15 @@ class Store:
         self._commit = redis.register_script(COMMIT)
         self._publish = redis.register_script(PUBLISH_ONCE)
         self._codecs: dict[tuple[str, str], Codec] = {}
+        self.fence: Callable[[], str] | None = None
+        """The writer's current lease token, checked by every commit (see ``fenced``)."""
+
+    def fenced(self, fence: Callable[[], str]) -> Store:
+        """This store for one lease holder: each commit carries ``fence()``, the holder's
+        current token ('' when it holds none), and is refused unless the lease holds it."""
+        other = copy.copy(self)
+        other.fence = fence
+        return other
 
     async def progress(self, practice: str, resource: str) -> Progress:
         raw = await self.redis.hgetall(self.keys.cursor(practice, resource))
@@ -156,6 +166,8 @@ class Store:
         args.append(zdict or b"")
         keys = [self.keys.cursor(practice, resource), self.keys.snapshots(practice, resource),
                 self.stream, self.keys.zdict(practice, resource)]
+        if fence is None and self.fence is not None:
+            fence = self.fence()
         if fence is not None:
             keys.append(self.keys.lock(practice))
             args.append(fence)
