@@ -319,13 +319,12 @@ class KeyLife:
                            for r in (stored.get("denied") or "").split(",") if r}
         elif stored.get("state") == "revoked" and stored.get("fingerprint"):
             self.replaces = (stored["fingerprint"], stored.get("since", ""))
-        if stored.get("fingerprint") == event.fp:
-            if stored.get("state") == "revoked":
-                # Remember the incident (so a restart publishes nothing again), but never
-                # trust it for ever: probe at once.
-                self.state = State.REVOKED
-                self.since = _float(stored.get("since")) or now
-                self.reason = stored.get("reason", "")
+        if stored.get("fingerprint") == event.fp and stored.get("state") == "revoked":
+            # Remember the incident (so a restart publishes nothing again), but never
+            # trust it for ever: probe at once.
+            self.state = State.REVOKED
+            self.since = _float(stored.get("since")) or now
+            self.reason = stored.get("reason", "")
         self.probe_due = now
         return self._tick(now)
 
