@@ -279,6 +279,7 @@ class KeyLife:
                 "last_success_at": "" if self.last_success is None
                 else str(self.last_success),
                 "next_probe_at": "" if self.probe_due is None else str(self.probe_due),
+                "probing": "1" if self.probing else "0",
                 "denied": ",".join(sorted(self.denied))}
 
     # -- events -------------------------------------------------------------------------
@@ -406,6 +407,7 @@ class KeyLife:
                                            and a.resource is None):
             if a.probe:
                 self._inconclusive_probe(now)
+                actions.append(Persist(self.status()))
             return actions
         if a.outcome is Outcome.FORBIDDEN:
             assert a.resource is not None

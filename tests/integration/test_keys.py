@@ -143,3 +143,53 @@ async def test_a_key_idle_for_more_than_ten_days_is_reported_at_start(
     await wait_until(idle, 20, "the idle warning")
     (event,) = of(await events(redis, ns), "notifier.key.idle", "main")
     assert 2.9 <= event["data"]["expires_in_days"] <= 3.1
+
+
+async def test_a_key_fixed_in_dentally_is_found_by_sighup_restart_and_key_retry(
+        redis: Redis, ns: Namespace, control: SandboxControl,
+        daemon_factory: Callable[..., Daemon]) -> None:
+    """The hourly probe is not the only way back: SIGHUP (even with the same key), a
+    restart and ``dentally-notifier key retry`` each probe a revoked key at once."""
+    await control.add_key("k1")
+    ids = await control.seed("patients", 10)
+    daemon = daemon_factory(key="k1", resources=["patients"], key_probe_interval=3600)
+    daemon.start()
+
+    async def synced() -> bool:
+        return await redis.hget(f"{ns.prefix}:{{main}}:cursor:patients", "synced") == b"1"
+    await wait_until(synced, 20, "the first sync")
+
+    async def count(type_: str, n: int) -> bool:
+        return len(of(await events(redis, ns), type_, "main")) >= n
+
+    async def revoke(n: int) -> None:
+        await control.key("k1", "revoke")
+        await wait_until(lambda: count("notifier.key.revoked", n), 20, f"revocation {n}")
+        await control.mutate("patients", ids=[ids[n]])   # made while the key is dead
+        await control.key("k1", "restore")
+
+    async def back(n: int) -> None:
+        await wait_until(lambda: count("notifier.key.restored", n), 10, f"restoration {n}")
+        await wait_until(lambda: count("patient.updated", n), 10, f"the change of {n}")
+
+    await revoke(1)
+    daemon.signal(signal.SIGHUP)            # the config and the key are unchanged
+    await back(1)
+
+    await revoke(2)
+    daemon.stop()
+    daemon.start()
+    await back(2)
+
+    await revoke(3)
+    began = time.monotonic()
+    done = await anyio.run_process([sys.executable, "-m", "notifier", "key", "retry",
+                                    "main", "--config", str(daemon.config)], check=False)
+    out = done.stdout.decode()
+    assert done.returncode == 0, out + done.stderr.decode()
+    assert "ok" in out and time.monotonic() - began < 10
+    await back(3)
+    evs = await events(redis, ns)
+    assert len(of(evs, "notifier.key.revoked", "main")) == 3
+    assert len(of(evs, "notifier.key.restored", "main")) == 3
+    assert "k1" not in out
