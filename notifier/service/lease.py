@@ -41,9 +41,16 @@ class LeaseKeeper:
 
     async def acquire(self, take_over: str | None = None) -> None:
         """Return once the lease is ours. ``take_over`` is the token of the runner this
-        one replaces (a reload): taken in one step, no gap."""
+        one replaces (a reload): taken in one step, no gap.
+
+        A lease held by another process may be a live daemon polling the same practice
+        (a mistake worth an error) or one that was killed (its lease expires within
+        ``ttl``): only a holder that keeps its lease past twice that is reported as an
+        error."""
         attempt = 0
-        waiting_for: str | None = None
+        holder_seen: str | None = None
+        since = 0.0
+        reported = False
         while True:
             try:
                 holder = await self.lease.acquire(take_over)
@@ -53,21 +60,25 @@ class LeaseKeeper:
                 attempt += 1
                 continue
             if holder is None:
-                if waiting_for is not None:
+                if holder_seen is not None:
                     log.info("practice lease taken (%s)", describe(self.fence()),
                              extra=self._extra)
                 return
             take_over = None
-            holder_name = holder.partition(":")[2]
-            if holder_name.rsplit(":", 1)[0] != (waiting_for or "").rsplit(":", 1)[0]:
-                waiting_for = holder_name
-                if ours(holder_name):
+            name = holder.partition(":")[2]
+            if name != holder_seen:
+                holder_seen, since, reported = name, self._mono(), False
+                if ours(name):
                     log.info("waiting for this daemon's previous runner of the practice "
                              "to stop", extra=self._extra)
                 else:
-                    log.error("another daemon (%s) holds this practice's lease; waiting "
-                              "(it passes on within %.0fs if that daemon is gone)",
-                              describe(holder), self.ttl, extra=self._extra)
+                    log.warning("the practice's lease is held by %s; waiting (a daemon "
+                                "that was killed hands it on within %.0fs)",
+                                describe(holder), self.ttl, extra=self._extra)
+            elif not reported and self._mono() - since > 2 * self.ttl and not ours(name):
+                reported = True
+                log.error("another daemon (%s) is polling this practice and keeps its "
+                          "lease; this one waits", describe(holder), extra=self._extra)
             await anyio.sleep(min(1.0, self.ttl / 3))
 
     async def keep(self, scope: anyio.CancelScope) -> None:
