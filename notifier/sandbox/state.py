@@ -16,12 +16,12 @@ from zoneinfo import ZoneInfo
 
 from sortedcontainers import SortedList
 
-from notifier.core.resources import RESOURCES
+from notifier.sandbox.api import ENDPOINTS
 from notifier.sandbox.fake import Faker
 
 DAY_MS = 86_400_000
 # Resources the sandbox serves, and whether their ids are integers (else GUID strings).
-INT_IDS = {r.name: r.int_ids for r in RESOURCES.values()}
+INT_IDS = {e.name: e.int_ids for e in ENDPOINTS.values()}
 
 
 class Clock:
@@ -61,6 +61,19 @@ class Quirks:
     rate_limit_status: int = 403
     """What an exhausted budget answers: 403 (observed) or 429 with Retry-After."""
     key_idle_expiry: float = 14 * 86400.0
+    date_skew_ms: int = 0
+    """Added to every ``Date`` header (only the header: record stamps keep the clock)."""
+    date_offsets: list[int] = field(default_factory=list)
+    """One-shot ``Date`` offsets: the next responses' headers, one each, in order, are moved
+    by these many ms (one load-balancer node with a bad clock)."""
+    between_pages: list[dict[str, Any]] = field(default_factory=list)
+    """One-shot writes made right after a list page is served, before the next request:
+    ``{"resource": "appointments", "after_page": 1, "delete": 1, "create": 1}`` deletes the
+    first ``delete`` rows of that page (rows the client has just read) and creates
+    ``create`` new records. Each entry fires once."""
+    write_skew_ms: int = 0
+    """Added to the stamps of records written from now on (an app server whose clock is
+    fast: its rows carry an ``updated_at`` in the server's future)."""
     seed: int = 7
 
     def update(self, values: dict[str, Any]) -> None:
@@ -169,6 +182,10 @@ class Sandbox:
         dt = datetime.fromtimestamp(ms // 1000, tz=self.tz) + timedelta(milliseconds=ms % 1000)
         return dt.isoformat(timespec="milliseconds")
 
+    def write_ms(self) -> int:
+        """The stamp a write made now gets (the clock, plus any ``write_skew_ms``)."""
+        return self.clock.now_ms() + self.quirks.write_skew_ms
+
     # -- records ----------------------------------------------------------------------
     def new_id(self, resource: str) -> str:
         if INT_IDS[resource]:
@@ -179,7 +196,7 @@ class Sandbox:
     def create(self, resource: str, fields: dict[str, Any] | None = None,
                at_ms: int | None = None) -> dict[str, Any]:
         table = self.tables[resource]
-        now = self.clock.now_ms() if at_ms is None else at_ms
+        now = self.write_ms() if at_ms is None else at_ms
         record_id = str(fields["id"]) if fields and "id" in fields else self.new_id(resource)
         body = self._generate(resource, now)
         body.update({k: v for k, v in (fields or {}).items() if k != "id"})
@@ -215,7 +232,7 @@ class Sandbox:
         row = table.rows.get(record_id)
         if row is None:
             return None
-        now = self.clock.now_ms() if at_ms is None else at_ms
+        now = self.write_ms() if at_ms is None else at_ms
         changes = fields if fields is not None else self._real_change(resource, row)
         new = {**row, **{k: v for k, v in changes.items() if k not in ("id", "created_at")}}
         if resource == "appointments" and "state" in changes:
