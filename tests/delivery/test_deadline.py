@@ -19,6 +19,7 @@ from notifier.store.redis import Store
 from tests.delivery.test_worker import SECRET, _zero_pending, publish, running, sub
 from tests.integration.daemon import wait_until
 
+TIMED_OUT = "timed out (no complete reply within {:g}s)"
 HEAD = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Type: application/json\r\n\r\n"
 
 
@@ -110,12 +111,12 @@ async def test_a_trickling_subscriber_keeps_its_slots_turning(store: Store) -> N
     assert took < 3.0  # 3 rounds of 2 slots at 0.3 s, not 6 attempts held for 30 s
 
 
-async def _soak(attempts: int, in_flight: int) -> None:
+async def _soak(attempts: int, in_flight: int, timeout: float = 0.05) -> None:
     """``attempts`` attempts, ``in_flight`` at a time as the worker runs them, against a
     receiver whose every other reply trickles past the timeout; then the pool must serve a
     full set of concurrent attempts at once, with no connection left behind."""
     async with trickler("mixed", gap=0.02, total=1.0) as mixed, trickler("fast") as fast:
-        sender = Sender(mixed.url, [SECRET], timeout=0.05, max_in_flight=in_flight,
+        sender = Sender(mixed.url, [SECRET], timeout=timeout, max_in_flight=in_flight,
                         allow_private=True)
         slots = anyio.Semaphore(in_flight)
         outcomes: list[str] = []
@@ -129,7 +130,9 @@ async def _soak(attempts: int, in_flight: int) -> None:
             async with anyio.create_task_group() as tg:
                 for _ in range(attempts):
                     tg.start_soon(one, sender)
-            assert outcomes.count("ok") > attempts // 4
+            assert outcomes.count("ok") >= attempts // 10  # fast replies among the drips
+            assert outcomes.count("ok") + outcomes.count(TIMED_OUT.format(timeout)) \
+                == attempts
             assert not [o for o in outcomes if "PoolTimeout" in o]
             # The same client, now pointed at a fast receiver: every slot is free.
             sender.url = fast.url
@@ -156,5 +159,5 @@ async def test_the_pool_recovers_after_many_cancelled_attempts() -> None:
 
 @pytest.mark.slow
 async def test_soak_the_pool_with_thousands_of_cancelled_attempts() -> None:
-    for in_flight in (1, 8, 32):
-        await _soak(3000, in_flight)
+    for attempts, in_flight in ((500, 1), (3000, 8), (5000, 32)):
+        await _soak(attempts, in_flight, timeout=0.2)
