@@ -39,7 +39,7 @@ from notifier.core.retry import TokenBucket
 from notifier.delivery.sender import Attempt, Sender
 from notifier.events import notifier_event
 from notifier.ops.metrics import Metrics
-from notifier.store.connection import block_ms, wait_for
+from notifier.store.connection import REDIS_RETRY_CAP, block_ms, wait_for
 from notifier.store.delivery import DeliveryStore, Entry, is_nogroup
 from notifier.store.keys import Keys
 from notifier.store.redis import Store
@@ -171,6 +171,10 @@ class SubscriberWorker:
             await anyio.sleep(STATE_POLL / 4)
         if reader:
             self.health.beat(self._beat, self._wall(), self._beat_within)
+
+    def alive(self) -> None:
+        """A sign of life from outside the reader (its supervisor waiting for Redis)."""
+        self.health.beat(self._beat, self._wall(), self._beat_within)
 
     # -- reading ------------------------------------------------------------------------
     async def _reader(self, tg: anyio.abc.TaskGroup) -> None:
@@ -382,8 +386,9 @@ async def supervise(worker_factory: Callable[[], SubscriberWorker], name: str) -
     attempt = 0
     extra = {"subscriber": name}
     while True:
-        worker = worker_factory()
+        worker: SubscriberWorker | None = None
         try:
+            worker = worker_factory()
             try:
                 await worker.run()
             except BaseExceptionGroup as group:
@@ -391,8 +396,10 @@ async def supervise(worker_factory: Callable[[], SubscriberWorker], name: str) -
         except RedisError as exc:
             log.warning("delivery paused: Redis failed (%s: %s)", type(exc).__name__, exc,
                         extra=extra)
-            worker.health.beat(worker._beat, time.time(), worker._beat_within)
-            await wait_for(worker.db.redis, "delivery", extra)
+            if worker is None:
+                await anyio.sleep(REDIS_RETRY_CAP)
+            else:
+                await wait_for(worker.db.redis, "delivery", extra, alive=worker.alive)
         except Exception as exc:  # isolation: one subscriber never stops the daemon
             delay = backoff(attempt, cap=60)
             attempt += 1

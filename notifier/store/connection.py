@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
@@ -100,12 +101,16 @@ async def connect(url: str, max_connections: int = 16, *,
     return redis
 
 
-async def wait_for(redis: Redis, what: str, extra: dict[str, str] | None = None) -> float:
+async def wait_for(redis: Redis, what: str, extra: dict[str, str] | None = None,
+                   alive: Callable[[], None] | None = None) -> float:
     """Return once Redis answers a PING again (asked every ``WAIT_POLL`` seconds); the
-    seconds waited. Logs once when it starts waiting and once when Redis is back."""
+    seconds waited. Logs once when it starts waiting and once when Redis is back.
+    ``alive`` is called at each try (a health beat: waiting for Redis is no wedge)."""
     started = time.monotonic()
     logged = False
     while True:
+        if alive is not None:
+            alive()
         try:
             await redis.ping()
         except RedisError as exc:

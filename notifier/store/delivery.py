@@ -186,7 +186,9 @@ class DeliveryStore:
         existed before (``existed``, or as this subscriber's state remembers) and is gone
         is recreated from the oldest retained entry, so nothing still in the stream is
         skipped: ``recreated``, for the caller to report."""
-        had = existed or (await self.state()).group_created_at is not None
+        # Deployments from before the marker: any trace of deliveries means it existed.
+        had = existed or (await self.state()).group_created_at is not None \
+            or bool(await self.redis.exists(self.k_log, self.k_retry, self.k_dead))
         begin = "0" if had or start == "beginning" else "$"
         try:
             await self.redis.xgroup_create(self.stream, self.group, id=begin, mkstream=True)
