@@ -22,7 +22,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 import anyio
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
-from redis.backoff import ExponentialWithJitterBackoff
+from redis.backoff import EqualJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -67,7 +67,7 @@ def redact(url: str) -> str:
 def client(url: str, max_connections: int, *, socket_timeout: float = SOCKET_TIMEOUT) -> Redis:
     """A client whose pool waits for a free connection instead of failing at its limit,
     and that rides out a dead connection or a short outage (see the module's doc)."""
-    retry = Retry(ExponentialWithJitterBackoff(base=0.1, cap=RETRY_CAP), RETRIES,
+    retry = Retry(EqualJitterBackoff(cap=RETRY_CAP, base=0.1), RETRIES,
                   supported_errors=(RedisConnectionError, RedisTimeoutError))
     pool = BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=30, socket_timeout=socket_timeout,
