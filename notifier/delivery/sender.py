@@ -3,12 +3,19 @@
 Each attempt is bounded as a whole by ``timeout``, from the address check and the connect
 to the last byte of the reply: httpx's own timeouts apply to each read, so a receiver that
 trickles one byte a second would otherwise hold the attempt (and one of the subscriber's
-``max_in_flight`` slots) for ever. The deadline is an outer cancel scope. Cancelling a
-request while it waits for a pool connection leaks that slot in httpcore 1.0.x
-(encode/httpcore #1093), so a request here never waits for one: the pool has exactly
-``max_in_flight`` connections and the subscriber's worker never runs more attempts than
-that at once (a soak test cancels thousands of attempts and checks the pool is whole).
-Should the pool still ever report ``PoolTimeout``, the client is replaced.
+``max_in_flight`` slots) for ever.
+
+The deadline is a cancel scope, armed only once the request is on its connection. A
+request cancelled between the pool assigning it a connection and using it leaves that
+connection in the pool for ever (httpcore 1.0.x, encode/httpcore #1093: the slots leak
+until every request fails with ``PoolTimeout``); a soak test hit exactly that with a
+deadline around the whole request. So the scope's deadline stays unset until httpcore's
+first trace event of the request (``connect_tcp.started`` on a new connection,
+``send_request_headers.started`` on a kept-alive one), which comes after that window;
+cancelling from then on closes the connection cleanly. Before that, the wait for a pool
+connection is bounded by the pool timeout (and never happens: the pool has exactly
+``max_in_flight`` connections, and the worker never runs more attempts at once). Should
+the pool still ever report ``PoolTimeout``, the client is replaced.
 
 Each attempt reads at most ``BODY_LIMIT`` bytes of the reply and never follows redirects.
 """
@@ -16,9 +23,10 @@ Each attempt reads at most ``BODY_LIMIT`` bytes of the reply and never follows r
 from __future__ import annotations
 
 import contextlib
+import math
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -76,8 +84,15 @@ class Sender:
     async def send(self, event_id: str, payload: bytes) -> Attempt:
         """One attempt, over within ``timeout`` whatever the receiver does."""
         started = time.monotonic()
-        with anyio.move_on_after(self.timeout) as scope:
-            attempt = await self._send(event_id, payload, started)
+        scope = anyio.CancelScope()
+        deadline = anyio.current_time() + self.timeout
+
+        async def arm(name: str, info: dict[str, object]) -> None:
+            if scope.deadline == math.inf:  # the request is on its connection now
+                scope.deadline = deadline
+
+        with scope:
+            attempt = await self._send(event_id, payload, started, arm)
         if scope.cancelled_caught:
             return Attempt(None, time.monotonic() - started,
                            f"timed out (no complete reply within {self.timeout:g}s)")
@@ -87,15 +102,16 @@ class Sender:
                 await old.aclose()
         return attempt
 
-    async def _send(self, event_id: str, payload: bytes, started: float) -> Attempt:
+    async def _send(self, event_id: str, payload: bytes, started: float,
+                    trace: Callable[[str, dict[str, object]], Awaitable[None]]) -> Attempt:
         try:
             await self.guard.check()
         except UnsafeURL as exc:
             return Attempt(None, 0.0, str(exc), unsafe=True)
         headers = signing.headers(self.secrets, event_id, int(self._wall()), payload)
         try:
-            async with self.client.stream("POST", self.url, content=payload,
-                                          headers=headers) as response:
+            async with self.client.stream("POST", self.url, content=payload, headers=headers,
+                                          extensions={"trace": trace}) as response:
                 read = 0
                 with contextlib.suppress(httpx.StreamConsumed):  # a body already in memory
                     async for chunk in response.aiter_raw():
