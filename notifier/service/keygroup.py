@@ -98,7 +98,7 @@ class KeyHub:
 
     def group(self, fp: str, cfg: PracticeConfig) -> KeyGroup:
         group = self._groups.get(fp)
-        if group is None or not group.members:
+        if group is None:
             sharing = self._sharing(fp, cfg)
             if len(sharing) > 1:
                 log.info("practices %s share API key %s: one budget, one lifecycle",
@@ -112,5 +112,7 @@ class KeyHub:
         return group
 
     def release(self, group: KeyGroup) -> None:
+        """Forget a group nobody uses any more (the next user starts it afresh from what
+        Redis kept)."""
         if not group.members and self._groups.get(group.fp) is group:
             del self._groups[group.fp]
