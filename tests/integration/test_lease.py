@@ -3,7 +3,9 @@ and never produce a false "lost the practice lock" alarm."""
 
 from __future__ import annotations
 
+import json
 import signal
+import sys
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -112,3 +114,9 @@ async def test_two_daemons_on_one_practice_never_both_publish_and_a_killed_one_h
     assert f":{waiting.proc.pid}:" in new_holder   # type: ignore[union-attr]
     assert int(new_holder.partition(":")[0]) > int(holder.partition(":")[0])
     assert waiting.alive()
+    status = json.loads((await anyio.run_process(
+        [sys.executable, "-m", "notifier", "status", "--json", "--config",
+         str(waiting.config)])).stdout)
+    lease = status["practices"][0]["lease"]
+    assert f":{waiting.proc.pid}:" in lease["holder"]   # type: ignore[union-attr]
+    assert lease["epoch"] == int(new_holder.partition(":")[0])
