@@ -58,6 +58,16 @@ def budget_for(cfgs: PracticeConfig | Sequence[PracticeConfig]) -> Budget:
                   steady_per_window=min(steady, share * 0.5), floor=int(36 * scale))
 
 
+def _lease_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or a task group raised only) LeaseLost."""
+    if isinstance(exc, LeaseLost):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        rest = exc.split(LeaseLost)[1]
+        return rest is None
+    return False
+
+
 class PracticeRunner:
     def __init__(self, store: Store, cfg: PracticeConfig, *, lease_ttl: float = 15.0,
                  take_over: str | None = None, hub: KeyHub | None = None,
@@ -124,9 +134,11 @@ class PracticeRunner:
                     while True:   # again with the new key after a key change
                         await self._serve(store)
                 attempt = 0
-            except LeaseLost:
-                await self.keeper.report_loss(self.keeper.fence())
             except Exception as exc:  # isolation: see the docstring
+                if _lease_lost(exc):
+                    # A commit was refused: another runner holds the practice now.
+                    await self.keeper.report_loss(self.keeper.fence())
+                    continue
                 delay = backoff(attempt, cap=60)
                 attempt += 1
                 log.error("practice stopped by %s: %s; restarting in %.1fs",
