@@ -14,12 +14,14 @@ from typing import Any
 
 import anyio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from notifier.core.resources import RESOURCES
 from notifier.core.timefmt import parse_ms
+from notifier.sandbox.ledger import LedgerRequests
 from notifier.sandbox.state import INT_IDS, Key, Sandbox
 
 SINGULAR = {r.name: r.singular for r in RESOURCES.values()}
@@ -213,7 +215,7 @@ def build_app(sb: Sandbox) -> Starlette:
         data = await body(request) if method in ("POST", "PATCH", "PUT") else {}
         if parts == ["reset"] and method == "POST":
             for name in list(sb.tables):
-                sb.tables[name] = type(sb.tables[name])(name)
+                sb.tables[name] = type(sb.tables[name])(name, sb.ledger)
             sb.windows.clear()
             sb.requests.clear()
             return _json({"ok": True})
@@ -230,6 +232,10 @@ def build_app(sb: Sandbox) -> Starlette:
                 c.frozen_ms = None if data["freeze_ms"] is None else int(data["freeze_ms"])
             return _json({"now_ms": c.now_ms(), "offset_ms": c.offset_ms,
                           "frozen_ms": c.frozen_ms})
+        if parts == ["ledger"] and method == "GET":
+            since = int(request.query_params.get("since", 0))
+            rsince = int(request.query_params.get("requests_since", 0))
+            return _json(sb.ledger.snapshot(since, rsince))
         if parts == ["quirks"]:
             if method == "POST":
                 sb.quirks.update(data)
@@ -311,4 +317,4 @@ def build_app(sb: Sandbox) -> Starlette:
         Route("/v1/{resource}/{id}", single, methods=["GET"]),
         Route("/_sandbox/{rest:path}", control, methods=["GET", "POST", "PATCH", "DELETE"]),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[Middleware(LedgerRequests, ledger=sb.ledger)])
