@@ -2,8 +2,10 @@
 connection for a while.
 
 ``armed``: lets the next EVALSHA reach the server, then cuts that connection before its reply
-gets back (the lost-reply case redis-py retries). ``down``: every open connection is cut and
-new ones are closed at once, until ``down`` is cleared (Redis unreachable for a while).
+gets back (the lost-reply case redis-py retries). With ``replay`` the proxy also sends that
+same command again on a new connection, as a retrying client or proxy would: what the commit
+token exists for. ``down``: every open connection is cut and new ones are closed at once,
+until ``down`` is cleared (Redis unreachable for a while).
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ class DropReplyProxy:
     def __init__(self, host: str, port: int) -> None:
         self.host, self.port = host, port
         self.armed = False
+        self.replay = False
+        self.replayed = 0
         self.dropped = 0
         self.cuts = 0
         self.server: asyncio.Server | None = None
@@ -55,6 +59,18 @@ class DropReplyProxy:
             while data := await reader.read(65536):
                 if self.armed and b"EVALSHA" in data.upper():
                     self.armed = False
+                    if self.replay:
+                        # The whole command, however many reads it takes.
+                        while (end := command_end(data)) is None:
+                            more = await reader.read(65536)
+                            if not more:
+                                return
+                            data += more
+                        up_w.write(data[:end])
+                        await up_w.drain()
+                        await self._send_again(data[:end])
+                        cut.set()
+                        return
                     cut.set()
                 up_w.write(data)
                 await up_w.drain()
@@ -77,8 +93,37 @@ class DropReplyProxy:
                 with contextlib.suppress(Exception):
                     w.close()
 
+    async def _send_again(self, command: bytes) -> None:
+        r, w = await asyncio.open_connection(self.host, self.port)
+        try:
+            w.write(command)
+            await w.drain()
+            await r.read(65536)
+            self.replayed += 1
+        finally:
+            w.close()
+
     async def stop(self) -> None:
         assert self.server is not None
         self.server.close()
         for w in list(self._open):
             w.close()
+
+
+def command_end(buf: bytes) -> int | None:
+    """Where the first RESP command in ``buf`` ends (``*N`` then N bulk strings), or None
+    if it is not complete yet."""
+    try:
+        if not buf.startswith(b"*"):
+            return None
+        eol = buf.index(b"\r\n")
+        n, pos = int(buf[1:eol]), eol + 2
+        for _ in range(n):
+            eol = buf.index(b"\r\n", pos)
+            size = int(buf[pos + 1:eol])
+            pos = eol + 2 + size + 2
+            if pos > len(buf):
+                return None
+        return pos
+    except ValueError:
+        return None

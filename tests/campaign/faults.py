@@ -84,9 +84,17 @@ async def _fail_next(c: Campaign, rng: random.Random) -> str:
     return f"fail_next={statuses}"
 
 
-async def _redis_cut(c: Campaign, rng: random.Random) -> str:
-    await c.redis_cut()
-    return "next EVALSHA's reply cut, then Redis unreachable"
+async def _lost_reply(c: Campaign, rng: random.Random) -> str:
+    return "cut" if await c.redis_lost_reply(replay=False) else "no script call came"
+
+
+async def _replay(c: Campaign, rng: random.Random) -> str:
+    return "sent twice" if await c.redis_lost_reply(replay=True) else "no script call came"
+
+
+async def _redis_down(c: Campaign, rng: random.Random) -> str:
+    c.proxy.down = True
+    return "every connection cut, new ones refused"
 
 
 async def _redis_back(c: Campaign) -> None:
@@ -168,7 +176,9 @@ def all_faults() -> list[Fault]:
         _rate("dentally.403_hourly_cap", 403),
         Fault("dentally.key_revoked", "key", _revoke, _restore, (1.5, 4)),
         # Redis
-        Fault("redis.cut", "redis", _redis_cut, _redis_back, (0.5, 3)),
+        Fault("redis.lost_reply", "redis", _lost_reply, _noop, (0.2, 1)),
+        Fault("redis.replayed_command", "redis", _replay, _noop, (0.2, 1)),
+        Fault("redis.down", "redis", _redis_down, _redis_back, (0.5, 3)),
         # The daemon
         Fault("daemon.kill9", "daemon", _kill9, _restart, (0.0, 1.0), weight=1.5),
         Fault("daemon.sigterm", "daemon", _sigterm, _restart, (0.0, 1.0)),

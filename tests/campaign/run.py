@@ -71,6 +71,26 @@ class Result:
     evidence: checker.Evidence
 
 
+class CampaignDaemon(Daemon):
+    """The daemon, run from ``path`` when given (a mutant): ``python -m`` puts the working
+    directory first on ``sys.path``, so that is where it must start."""
+
+    def __init__(self, config: Path, log: Path, path: str | None) -> None:
+        super().__init__(config, log)
+        self.path = path
+
+    def start(self, **env_extra: str) -> None:
+        assert self.proc is None or self.proc.poll() is not None
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **env_extra}
+        if self.path:
+            env["PYTHONPATH"] = self.path
+        out = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "notifier", "run", "--config", str(self.config)],
+            stdout=out, stderr=out, env=env, cwd=self.path)
+        self.starts += 1
+
+
 class Workload:
     """Creates, updates and deletes records in the sandbox at a steady pace; faults switch
     on rows sharing one ``updated_at`` and bursts of deletes and creates."""
@@ -177,8 +197,7 @@ class Campaign:
     async def daemon_start(self) -> None:
         async with self.daemon_lock:
             if not self.daemon.alive():
-                env = {"PYTHONPATH": self.opts.daemon_path} if self.opts.daemon_path else {}
-                self.daemon.start(**env)
+                self.daemon.start()
                 self.excuse_end("daemon down")
 
     async def daemon_kill9(self) -> None:
@@ -214,13 +233,17 @@ class Campaign:
                 self.daemon.signal(signal.SIGHUP)
         return f"SIGHUP: poll_interval {poll}, max_in_flight {in_flight}"
 
-    async def redis_cut(self) -> None:
+    async def redis_lost_reply(self, replay: bool) -> bool:
+        """The next script call (a page's commit, mostly) reaches Redis and its reply is
+        cut; with ``replay`` it is also sent again, as a retrying client would."""
+        self.proxy.replay = replay
         self.proxy.armed = True
-        with anyio.move_on_after(1.0):
+        with anyio.move_on_after(2.0):
             while self.proxy.armed:  # noqa: ASYNC110 - the proxy task clears it
-                await anyio.sleep(0.01)
+                await anyio.sleep(0.005)
+        cut = not self.proxy.armed
         self.proxy.armed = False
-        self.proxy.down = True
+        return cut
 
     async def heal_receiver(self, rec: CampaignReceiver) -> None:
         was_gone = rec.mode.gone
@@ -234,7 +257,7 @@ class Campaign:
             env["PYTHONPATH"] = self.opts.daemon_path
         done = await anyio.run_process(
             [sys.executable, "-m", "notifier", *args, "--config", str(self.direct_cfg)],
-            check=False, env=env)
+            check=False, env=env, cwd=self.opts.daemon_path)
         if done.returncode != 0:
             raise RuntimeError(f"{args}: exit {done.returncode}: {done.stderr.decode()[-500:]}")
         return done.stdout.decode()
@@ -391,7 +414,7 @@ class Campaign:
                                     spread_days=30)
         self.cfg = self.config(self.dir / "config.toml", self.proxy_url)
         self.direct_cfg = self.config(self.dir / "direct.toml", opts.redis_url)
-        self.daemon = Daemon(self.cfg, self.dir / "daemon.log")
+        self.daemon = CampaignDaemon(self.cfg, self.dir / "daemon.log", opts.daemon_path)
         faults = self.enabled_faults(set(self.baseline_quirks))
         self.started = time.time()
         self.log(f"seed {opts.seed}: {len(faults)} kinds of fault for {opts.seconds:.0f}s: "

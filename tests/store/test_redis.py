@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from notifier.core.cursor import Progress, Window
@@ -96,3 +98,16 @@ async def test_lock_is_exclusive_and_taken_over_from_dead_owner(store: Store) ->
     assert await store.redis.get(key) == b"host:2:b"
     await b.release()
     assert await store.redis.get(key) is None
+
+
+async def test_replayed_commit_applies_once(
+        proxied: tuple[Store, DropReplyProxy], store: Store) -> None:
+    """A commit delivered twice (a retrying client or proxy) applies once: the token."""
+    pstore, proxy = proxied
+    await pstore.commit("main", "invoices", progress=Progress(cursor=1))  # loads the script
+    proxy.armed = proxy.replay = True
+    big = events(300)   # a command longer than one read
+    with contextlib.suppress(RedisConnectionError):  # this client retries; the daemon's does not
+        await pstore.commit("main", "patients", progress=Progress(cursor=2), events=big)
+    assert proxy.replayed == 1
+    assert await store.redis.xlen(store.stream) == 300
