@@ -57,6 +57,11 @@ class Limits:
     """A success delivered again must have first succeeded at most this long before a
     ``kill -9`` (the daemon died before its ack reached Redis)."""
     duplicate_causes: tuple[str, ...] = ("daemon.kill9",)
+    version_due: float = 4.0
+    """A version current this long outside any fault and its aftermath must be published:
+    the daemon polls every second or less, so only a rule that let a row be skipped loses it
+    (intermediate versions that lived shorter may rightly be missed)."""
+    resources: tuple[str, ...] = ("patients", "appointments")
 
 
 @dataclass
@@ -74,6 +79,8 @@ class Evidence:
     """Facts read from Redis directly: ``xlen``, ``groups`` {name: {pending, lag}}."""
     started: float = 0.0
     ended: float = 0.0
+    synced_at: dict[str, float] = field(default_factory=dict)
+    """When the daemon marked each resource's first sync finished (its cursor's ``synced``)."""
 
 
 @dataclass
@@ -103,6 +110,7 @@ def _around(faults: list[FaultRecord], at: float | None, span: float = 5.0
 def check(ev: Evidence, limits: Limits) -> list[Violation]:
     out: list[Violation] = []
     out += check_records(ev)
+    out += check_versions(ev, limits)
     out += check_event_ids(ev)
     out += check_deliveries(ev, limits)
     out += check_budget(ev, limits)
@@ -184,6 +192,75 @@ def check_records(ev: Evidence) -> list[Violation]:
                                      f"{n_del} deleted events", last_at))
             elif kinds[-1] != "deleted":
                 out.append(Violation("order", subject, "events after its deletion", last_at))
+    return out
+
+
+def _union(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    out: list[tuple[float, float]] = []
+    for a, b in sorted(spans):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
+
+
+def _outside(a: float, b: float, union: list[tuple[float, float]]) -> float:
+    """How much of ``[a, b)`` lies outside every span of ``union``."""
+    inside = sum(max(0.0, min(b, e) - max(a, s)) for s, e in union if s < b and a < e)
+    return (b - a) - inside
+
+
+def ingestion_excused(ev: Evidence, resource: str) -> list[tuple[float, float]]:
+    """When the daemon could not be expected to read ``resource`` promptly: the first sync,
+    every fault but the subscribers', and after each until its next successful listing
+    (a poll in backoff), plus the daemon's down time and the key's revocation."""
+    spans = [(s, e) for s, e, _ in ev.excused]
+    ok = sorted(float(r["at"]) for r in ev.requests
+                if r["path"] == f"/v1/{resource}" and r["status"] == 200)
+
+    def next_ok(t: float) -> float:
+        for x in ok:
+            if x > t:
+                return x
+        return ev.ended
+
+    for f in ev.faults:
+        if not f.kind.startswith("subscriber."):
+            spans.append((f.start, next_ok(f.end) + 2.0))
+    synced = ev.synced_at.get(resource, ev.ended)
+    spans.append((ev.started - 1e9, synced + 2.0))
+    for s, e in list(spans):
+        spans.append((s, next_ok(e) + 1.0))
+    return _union(spans)
+
+
+def check_versions(ev: Evidence, limits: Limits) -> list[Violation]:
+    """No change lost: a version that Dentally showed long enough was published, even if the
+    record changed again since."""
+    out: list[Violation] = []
+    published: set[tuple[str, str, str]] = set()
+    for e in ev.events:
+        d = e["data"]
+        if "record" in d and not str(e["type"]).endswith(".deleted"):
+            published.add((d["resource"], str(d["record_id"]), content_hash(d["record"])))
+    history: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for w in ev.writes:
+        history[(w["resource"], w["record_id"])].append(w)
+    excused = {r: ingestion_excused(ev, r) for r in limits.resources}
+    for (resource, rid), writes in sorted(history.items()):
+        union = excused.get(resource, [])
+        for w, after in itertools.pairwise(writes):
+            if w["deleted"] or (resource, rid, w["hash"]) in published:
+                continue
+            calm = _outside(w["at"], after["at"], union)
+            if calm >= limits.version_due:
+                out.append(Violation(
+                    "lost-version", f"{resource}/{rid}",
+                    f"version {w['hash'][:8]} (updated_at {w['updated_ms']}) was current "
+                    f"{after['at'] - w['at']:.1f}s, {calm:.1f}s of it with no fault, and "
+                    "never published", w["at"],
+                    _around(ev.faults, w["at"], 3.0)))
     return out
 
 

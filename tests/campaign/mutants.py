@@ -33,6 +33,7 @@ class Mutant:
     new: str
     only: frozenset[str] | None = None
     """Faults that expose it (None: all); fewer faults make a short run sharper."""
+    rate: float = 0.8
 
 
 MUTANTS = [
@@ -42,7 +43,7 @@ MUTANTS = [
     Mutant("clean-read", "notifier/core/cursor.py",
            "        if total_count != count0 or (total_count is None and duplicate):\n"
            "            return self._dirty()\n", "",
-           frozenset({"dentally.unstable", "dentally.churn"})),
+           frozenset({"dentally.unstable", "dentally.churn"}), rate=0.25),
     Mutant("ack-before-2xx", "notifier/service/delivery.py",
            '        if outcome == "delivered":\n', '        if True:\n',
            frozenset({"subscriber.failing", "subscriber.hanging", "subscriber.gone_410"})),
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             path = build(m, Path(tmp))
             opts = Options(a.seed, a.seconds, only=None if a.all_faults else
                            (set(m.only) if m.only else None),
-                           daemon_path=str(path), quiet=True)
+                           daemon_path=str(path), quiet=True, rate=m.rate)
             result = anyio.run(campaign, opts)
         kinds = Counter(v.check for v in result.violations)
         verdict = "KILLED" if result.violations else "SURVIVED"
