@@ -66,10 +66,10 @@ class DropReplyProxy:
                             if not more:
                                 return
                             data += more
+                        cut.set()
                         up_w.write(data[:end])
                         await up_w.drain()
                         await self._send_again(data[:end])
-                        cut.set()
                         return
                     cut.set()
                 up_w.write(data)
