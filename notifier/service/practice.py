@@ -312,7 +312,8 @@ class PracticeRunner:
         resource = resources.get(name)
         extra: dict[str, Any] = {"practice": self.cfg.name, "resource": name}
         poller = ResourcePoller(self.store, client, self.cfg.name, resource,
-                                policy_for(self.cfg), initial_sync=self.cfg.initial_sync)
+                                policy_for(self.cfg), initial_sync=self.cfg.initial_sync,
+                                max_delete_fraction=self.cfg.max_delete_fraction)
         interval = self.cfg.interval(name)
         attempt = 0
         next_sweep = await self._first_sweep(name)
@@ -324,6 +325,7 @@ class PracticeRunner:
         poller.heartbeat = client.heartbeat
         if self.metrics is not None:
             poller.on_events = self._count_events
+            poller.on_stat = lambda stat, n: self._count_stat(name, stat, n)
         try:
             while True:
                 self.health.beat(beat, self._wall(), page_within)
@@ -334,7 +336,7 @@ class PracticeRunner:
                     attempt = 0
                     if published:
                         log.info("published %d events", published, extra=extra)
-                    if self._wall() >= next_sweep:
+                    if self._wall() >= next_sweep or await poller.sweep_requested():
                         await poller.reconcile()
                         next_sweep = self._wall() + self.cfg.reconcile_interval
                     delay = max(0.0, interval - (anyio.current_time() - started))
@@ -382,6 +384,16 @@ class PracticeRunner:
         if self.metrics is not None:
             for e in events:
                 self.metrics.events.labels(self.cfg.name, e.type).inc()
+
+    def _count_stat(self, resource: str, stat: str, n: int) -> None:
+        m = self.metrics
+        if m is None:
+            return
+        counter = {"rereads": m.window_rereads, "incomplete": m.windows_incomplete,
+                   "unreadable": m.snapshots_unreadable,
+                   "suspicious": m.reconcile_suspicious}.get(stat)
+        if counter is not None:
+            counter.labels(self.cfg.name, resource).inc(n)
 
     async def _first_sweep(self, resource: str) -> float:
         """When the next reconciliation sweep is due: ``reconcile_interval`` after the last
