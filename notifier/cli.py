@@ -67,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     en = sc_sub.add_parser("enable", help="turn a disabled subscriber back on")
     with_config(en)
     en.add_argument("subscriber")
+    ky = sub.add_parser("key", help="act on a practice's API key")
+    ky_sub = ky.add_subparsers(dest="action", required=True, metavar="ACTION")
+    kr = ky_sub.add_parser("retry", help="make the running daemon probe the key now "
+                                         "(after fixing a revoked or expired key)")
+    with_config(kr)
+    kr.add_argument("practice")
     demo = sub.add_parser("demo", help="sandbox, embedded Redis and daemon: watch events flow")
     demo.add_argument("--duration", type=float, default=None,
                       help="stop after this many seconds (default: until Ctrl-C)")
@@ -133,6 +139,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             from notifier.service import admin
             anyio.run(admin.enable, settings, args.subscriber, sys.stdout)
             return EXIT_OK
+        if args.command == "key":
+            settings = _load(args.config)
+            from notifier.service import keycmd
+            ok = anyio.run(keycmd.retry, settings, args.practice, sys.stdout)
+            return EXIT_OK if ok else EXIT_CHECK
         if args.command == "demo":
             from notifier import demo
             anyio.run(demo.run, args.duration, args.records)

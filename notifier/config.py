@@ -77,6 +77,9 @@ class RedisConfig(_Strict):
     stream: str = "dentally:events"
     prefix: str = Field(default="dentally-notifier", min_length=1)
     retention: Seconds = 604_800
+    practice_lease: Annotated[float, Field(ge=0.5, le=300)] = 15.0
+    """How long a practice's lease outlives its holder's last renewal: a daemon killed
+    without stopping hands its practices on after this long."""
 
 
 class PracticeConfig(_Strict):

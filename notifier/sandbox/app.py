@@ -69,15 +69,10 @@ def build_app(sb: Sandbox) -> Starlette:
         if key.last_used_ms is not None and now - key.last_used_ms > q.key_idle_expiry * 1000:
             sb.rejected[token] = sb.rejected.get(token, 0) + 1
             raise _Reject(_error(401, "unauthorized", "API key has expired", base))
-        allowed, remaining, reset = sb.spend(key.user_id)
-        headers = {**base, "x-ratelimit-limit": str(q.rate_limit),
-                   "x-ratelimit-remaining": str(remaining), "x-ratelimit-reset": str(reset)}
-        if not allowed:
-            if q.rate_limit_status == 429:
-                retry = str(max(1, reset - now // 1000))
-                raise _Reject(_error(429, "rate_limited", "Rate limit exceeded",
-                                     {**headers, "retry-after": retry}))
-            raise _Reject(_error(403, "forbidden", "Rate limit exceeded", headers))
+        verdict = sb.admit(token, key.user_id)
+        headers = {**base, **verdict.headers}
+        if verdict.status != 200:
+            raise _Reject(_json(verdict.body, verdict.status, headers))
         key.last_used_ms = now
         sb.requests[token] = sb.requests.get(token, 0) + 1
         sb.requests_total += 1
@@ -254,7 +249,7 @@ def build_app(sb: Sandbox) -> Starlette:
         if parts == ["reset"] and method == "POST":
             for name in list(sb.tables):
                 sb.tables[name] = type(sb.tables[name])(name)
-            sb.windows.clear()
+            sb.limiter.clear()
             sb.requests.clear()
             return _json({"ok": True})
         if parts == ["clock"]:
@@ -277,7 +272,8 @@ def build_app(sb: Sandbox) -> Starlette:
         if parts == ["stats"]:
             return _json({"requests": sb.requests, "rejected": sb.rejected,
                           "per_window": {str(u): {str(w): n for w, n in c.items()}
-                                         for u, c in sb.per_window.items()},
+                                         for u, c in sb.limiter.per_window.items()},
+                          "log": sb.limiter.log,
                           "total": sb.requests_total,
                           "now_ms": sb.clock.now_ms()})
         if parts and parts[0] == "keys":

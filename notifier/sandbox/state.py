@@ -18,6 +18,7 @@ from sortedcontainers import SortedList
 
 from notifier.sandbox.api import ENDPOINTS
 from notifier.sandbox.fake import Faker
+from notifier.sandbox.limits import Limiter, Verdict
 
 DAY_MS = 86_400_000
 # Resources the sandbox serves, and whether their ids are integers (else GUID strings).
@@ -60,6 +61,11 @@ class Quirks:
     """Length of the fixed rate window in seconds (aligned on the sandbox clock)."""
     rate_limit_status: int = 403
     """What an exhausted budget answers: 403 (observed) or 429 with Retry-After."""
+    rate_window_start: str = "clock"
+    """``clock``: windows aligned on the sandbox clock; ``first_request``: a window starts
+    at the user's first request after the last one ended (see :mod:`.limits`)."""
+    burst_limit: int = 0
+    """Per key, at most this many requests in any second, else 429 (0: off)."""
     key_idle_expiry: float = 14 * 86400.0
     date_skew_ms: int = 0
     """Added to every ``Date`` header (only the header: record stamps keep the clock)."""
@@ -170,10 +176,9 @@ class Sandbox:
         self.tables = {name: Table(name) for name in INT_IDS}
         self.next_id = {name: 1000 for name in INT_IDS}
         self.keys: dict[str, Key] = {}
-        self.windows: dict[int, tuple[int, int]] = {}   # user_id -> (window start, used)
+        self.limiter = Limiter()
         self.requests: dict[str, int] = {}              # token -> API requests made
         self.rejected: dict[str, int] = {}              # token -> requests refused with 401
-        self.per_window: dict[int, dict[int, int]] = {}  # user -> window start -> requests
         self.requests_total = 0
 
     # -- time -------------------------------------------------------------------------
@@ -273,21 +278,10 @@ class Sandbox:
         self.keys[token] = key
         return key
 
-    def spend(self, user_id: int) -> tuple[bool, int, int]:
-        """Count one request in the user's fixed window: (allowed, remaining, reset_epoch_s)."""
-        now = self.clock.now_ms()
-        length = int(self.quirks.rate_window * 1000)
-        start = now - now % length
-        w_start, used = self.windows.get(user_id, (start, 0))
-        if w_start != start:
-            used = 0
-        limit = self.quirks.rate_limit
-        reset = (start + length) // 1000
-        if used >= limit:
-            self.windows[user_id] = (start, used)
-            return False, 0, reset
-        used += 1
-        self.windows[user_id] = (start, used)
-        counts = self.per_window.setdefault(user_id, {})
-        counts[start] = counts.get(start, 0) + 1
-        return True, limit - used, reset
+    def admit(self, token: str, user_id: int) -> Verdict:
+        """Both rate limits for one request now (see :mod:`notifier.sandbox.limits`)."""
+        q = self.quirks
+        return self.limiter.admit(token, user_id, self.clock.now_ms(), limit=q.rate_limit,
+                                  window_s=q.rate_window, start_mode=q.rate_window_start,
+                                  hourly_status=q.rate_limit_status,
+                                  burst_limit=q.burst_limit)

@@ -27,7 +27,7 @@ from notifier.ops.metrics import app as metrics_app
 from notifier.ops.systemd import SystemdNotifier, watchdog_interval
 from notifier.service import retention
 from notifier.service.delivery import SubscriberWorker, supervise
-from notifier.service.practice import PracticeRunner, owner_id
+from notifier.service.practice import PracticeRunner
 from notifier.store.delivery import DeliveryStore, groups, unacked
 from notifier.store.keys import Keys
 from notifier.store.redis import Store
@@ -124,7 +124,6 @@ class Daemon:
         self.redis = redis
         self.keys = Keys(settings.redis.prefix)
         self.store = Store(redis, self.keys, settings.redis.stream)
-        self.owner = owner_id()
         self.notify = SystemdNotifier()
         self.health = Health()
         self.metrics = Metrics()
@@ -146,10 +145,12 @@ class Daemon:
         with scope:
             await fn()
 
-    def _start_practice(self, cfg: PracticeConfig) -> None:
+    def _start_practice(self, cfg: PracticeConfig, take_over: str | None = None) -> None:
+        """Start a practice's runner; ``take_over`` is the lease token of the runner it
+        replaces on a reload, handed on in one step so that the practice is never free."""
         assert self._tg is not None
-        runner = PracticeRunner(self.store, cfg, self.owner, health=self.health,
-                                metrics=self.metrics)
+        runner = PracticeRunner(self.store, cfg, lease_ttl=self.settings.redis.practice_lease,
+                                take_over=take_over, health=self.health, metrics=self.metrics)
         scope = anyio.CancelScope()
         self.practices[cfg.name] = (cfg, runner, scope)
         self._tg.start_soon(self._scoped, scope, runner.run)
@@ -217,15 +218,17 @@ class Daemon:
             new = new.model_copy(update={"redis": self.settings.redis})
         old_p = {p.name: p for p in self.settings.practices}
         new_p = {p.name: p for p in new.practices}
+        handed: dict[str, str | None] = {}
         for name, (cfg, runner, scope) in list(self.practices.items()):
             if name not in new_p or new_p[name] != cfg:
+                handed[name] = runner.lease_token()
                 scope.cancel()
                 del self.practices[name]
             else:
                 runner.reload()
         for name, cfg in new_p.items():
             if name not in self.practices:
-                self._start_practice(cfg)
+                self._start_practice(cfg, take_over=handed.get(name))
         old_s = {s.name: s for s in self.settings.subscribers}
         new_s = {s.name: s for s in new.subscribers}
         for name, (sub, _, scope) in list(self.subscribers.items()):

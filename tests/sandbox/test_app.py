@@ -124,6 +124,46 @@ async def test_fixed_rate_window(api: httpx.AsyncClient, control: SandboxControl
     assert (await api.get("/user")).status_code == 200
 
 
+async def test_hourly_cap_answers_the_reported_403_body(api: httpx.AsyncClient,
+                                                       control: SandboxControl) -> None:
+    await control.quirks(rate_limit=1, rate_window=60)
+    assert (await api.get("/user")).status_code == 200
+    r = await api.get("/user")
+    assert r.status_code == 403 and "retry-after" not in r.headers
+    assert r.json() == {"error": {"type": "invalid_access_error",
+                                  "message": "Rate limit exceeded"}}
+
+
+async def test_window_starting_at_the_first_request(api: httpx.AsyncClient,
+                                                    control: SandboxControl) -> None:
+    await control.quirks(rate_limit=2, rate_window=60, rate_window_start="first_request")
+    first = (await control.clock(freeze_ms=1_795_791_601_500))["now_ms"]
+    assert (await api.get("/user")).headers["x-ratelimit-reset"] == str(
+        -(-(first + 60_000) // 1000))   # not the clock minute: 60 s after the first request
+    await control.clock(advance_ms=59_000)
+    assert (await api.get("/user")).status_code == 200
+    assert (await api.get("/user")).status_code == 403
+    await control.clock(advance_ms=1_000)   # 60 s after the first request: a new window
+    r = await api.get("/user")
+    assert r.status_code == 200 and r.headers["x-ratelimit-remaining"] == "1"
+    assert r.headers["x-ratelimit-reset"] == str((first + 120_000) // 1000 + 1)
+
+
+async def test_burst_limit_per_key(api: httpx.AsyncClient, control: SandboxControl) -> None:
+    await control.quirks(burst_limit=3)
+    await control.clock(freeze_ms=1_795_791_601_000)
+    seen = [await api.get("/user") for _ in range(4)]
+    assert [r.status_code for r in seen] == [200, 200, 200, 429]
+    assert seen[3].headers["retry-after"] == "1"
+    await control.add_key("other-key")   # another key of the same user has its own burst
+    other = {"Authorization": "Bearer other-key"}
+    assert (await api.get("/user", headers=other)).status_code == 200
+    await control.clock(advance_ms=1_000)
+    assert (await api.get("/user")).status_code == 200
+    statuses = [s for _, _, s in (await control.stats())["log"]]
+    assert statuses.count(429) == 1 and statuses.count(200) == 5
+
+
 async def test_date_header_follows_the_sandbox_clock(api: httpx.AsyncClient,
                                                      control: SandboxControl) -> None:
     await control.clock(freeze_ms=1_700_000_000_000)

@@ -1,4 +1,4 @@
-"""The Redis adapter against a real server: atomic, idempotent page commits and the lock."""
+"""The Redis adapter against a real server: atomic, idempotent page commits."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from redis.exceptions import ResponseError
 from notifier.core.cursor import Progress, Window
 from notifier.events import record_event
 from notifier.store.keys import Keys
-from notifier.store.redis import DictionaryConflict, PracticeLock, Store
+from notifier.store.redis import DictionaryConflict, Store
 from tests.conftest import Namespace
 
 T = datetime(2026, 11, 27, tzinfo=UTC)
@@ -131,18 +131,3 @@ async def test_commit_to_wrong_type_fails_before_publishing(store: Store) -> Non
                            snapshots={"1": b"x"}, events=events(2))
     assert await store.redis.xlen(store.stream) == 0
     assert (await store.progress("main", "patients")).cursor is None
-
-
-async def test_lock_is_exclusive_and_taken_over_from_dead_owner(store: Store) -> None:
-    key = store.keys.lock("main")
-    a = PracticeLock(store.redis, key, "host:1:a", ttl_ms=5000)
-    b = PracticeLock(store.redis, key, "host:2:b", ttl_ms=5000)
-    assert await a.acquire(lambda owner: True) is None
-    assert await b.acquire(lambda owner: True) == "host:1:a"
-    assert await b.acquire(lambda owner: owner != "host:1:a") is None
-    assert not await a.renew()
-    assert await b.renew()
-    await a.release()  # not the holder: no effect
-    assert await store.redis.get(key) == b"host:2:b"
-    await b.release()
-    assert await store.redis.get(key) is None
