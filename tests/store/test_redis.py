@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from urllib.parse import urlsplit
 
 import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from notifier.core.cursor import Progress, Window
 from notifier.events import record_event
 from notifier.store.keys import Keys
-from notifier.store.redis import Store
+from notifier.store.redis import DictionaryConflict, Store
 from tests.conftest import Namespace
-from tests.proxy import RedisProxy
+from tests.proxy import DropReplyProxy
 
 T = datetime(2026, 11, 27, tzinfo=UTC)
 
@@ -38,9 +42,15 @@ async def test_commit_writes_everything_together(store: Store) -> None:
     assert set(entries[0][1]) == {b"id", b"type", b"practice", b"resource", b"record_id",
                                   b"payload"}
     assert await store.redis.get(store.keys.zdict("main", "patients")) == b"dict"
-    # The dictionary is written once and never replaced.
-    await store.commit("main", "patients", progress=p, zdict=b"other")
+    # The dictionary is written once and never replaced; a commit whose snapshots need
+    # another one writes nothing at all.
+    with pytest.raises(DictionaryConflict):
+        await store.commit("main", "patients", progress=Progress(cursor=9),
+                           snapshots={"3": b"d"}, events=events(1), zdict=b"other")
     assert await store.redis.get(store.keys.zdict("main", "patients")) == b"dict"
+    assert await store.progress("main", "patients") == p
+    assert await store.snapshots("main", "patients", ["3"]) == [None]
+    assert len(await store.redis.xrange(store.stream)) == 3
 
 
 async def test_fresh_progress_is_empty(store: Store) -> None:
@@ -48,19 +58,22 @@ async def test_fresh_progress_is_empty(store: Store) -> None:
 
 
 @pytest.fixture
-async def proxied(redis_proxy: RedisProxy, ns: Namespace
-                  ) -> AsyncIterator[tuple[Store, RedisProxy]]:
-    client = redis_proxy.client()
-    yield Store(client, Keys(ns.prefix), ns.stream), redis_proxy
+async def proxied(redis_url: str, ns: Namespace) -> AsyncIterator[tuple[Store, DropReplyProxy]]:
+    parts = urlsplit(redis_url)
+    proxy = DropReplyProxy(parts.hostname or "127.0.0.1", parts.port or 6379)
+    port = await proxy.start()
+    client = Redis(host="127.0.0.1", port=port, db=int(parts.path.strip("/") or 0))
+    yield Store(client, Keys(ns.prefix), ns.stream), proxy
     await client.aclose()
+    await proxy.stop()
 
 
 async def test_retry_after_lost_reply_publishes_once(
-        proxied: tuple[Store, RedisProxy], store: Store) -> None:
+        proxied: tuple[Store, DropReplyProxy], store: Store) -> None:
     """redis-py retries a command whose connection died; the retry must not apply twice."""
     pstore, proxy = proxied
     await pstore.commit("main", "invoices", progress=Progress(cursor=1))  # loads the script
-    proxy.arm([b"EVALSHA"])
+    proxy.armed = True
     applied = await pstore.commit("main", "patients", progress=Progress(cursor=2),
                                   events=events(5), snapshots={"1": b"x"})
     assert proxy.dropped == 1, "the proxy did not cut the reply"
@@ -76,3 +89,16 @@ async def test_commit_to_wrong_type_fails_before_publishing(store: Store) -> Non
                            snapshots={"1": b"x"}, events=events(2))
     assert await store.redis.xlen(store.stream) == 0
     assert (await store.progress("main", "patients")).cursor is None
+
+
+async def test_replayed_commit_applies_once(
+        proxied: tuple[Store, DropReplyProxy], store: Store) -> None:
+    """A commit delivered twice (a retrying client or proxy) applies once: the token."""
+    pstore, proxy = proxied
+    await pstore.commit("main", "invoices", progress=Progress(cursor=1))  # loads the script
+    proxy.armed = proxy.replay = True
+    big = events(300)   # a command longer than one read
+    with contextlib.suppress(RedisConnectionError):  # this client retries; the daemon's does not
+        await pstore.commit("main", "patients", progress=Progress(cursor=2), events=big)
+    assert proxy.replayed == 1
+    assert await store.redis.xlen(store.stream) == 300
