@@ -130,7 +130,7 @@ async def _soak(attempts: int, in_flight: int, timeout: float = 0.05) -> None:
             async with anyio.create_task_group() as tg:
                 for _ in range(attempts):
                     tg.start_soon(one, sender)
-            assert outcomes.count("ok") >= attempts // 10  # fast replies among the drips
+            assert outcomes.count("ok") >= attempts // 50  # fast replies among the drips
             assert outcomes.count("ok") + outcomes.count(TIMED_OUT.format(timeout)) \
                 == attempts
             assert not [o for o in outcomes if "PoolTimeout" in o]
