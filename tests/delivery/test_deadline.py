@@ -133,21 +133,23 @@ async def _soak(attempts: int, in_flight: int, timeout: float = 0.05) -> None:
             assert outcomes.count("ok") >= attempts // 50  # fast replies among the drips
             assert outcomes.count("ok") + outcomes.count(TIMED_OUT.format(timeout)) \
                 == attempts
-            assert not [o for o in outcomes if "PoolTimeout" in o]
-            # The same client, now pointed at a fast receiver: every slot is free.
+            # No request left in the pool, and no connection that no request owns but is
+            # neither idle nor closed: the orphans of encode/httpcore #1093.
+            pool: Any = sender.client._transport._pool  # type: ignore[attr-defined]
+            assert not pool._requests
+            assert len(pool.connections) <= in_flight
+            orphans = [c for c in pool.connections if not (c.is_idle() or c.is_closed())]
+            assert orphans == []
+            # The same client, now pointed at a fast receiver: every slot serves at once.
             sender.url = fast.url
-            sender.timeout = 2.0  # a loaded machine may take more than 50 ms to answer
-            sender.client.timeout = httpx.Timeout(2.0)
+            sender.timeout = 5.0  # a loaded machine may take more than 50 ms to answer
+            sender.client.timeout = httpx.Timeout(5.0)
             outcomes.clear()
-            started = time.monotonic()
             async with anyio.create_task_group() as tg:
                 for _ in range(in_flight * 4):
                     tg.start_soon(one, sender)
             assert outcomes == ["ok"] * in_flight * 4
-            assert time.monotonic() - started < 2.0
-            pool: Any = sender.client._transport._pool  # type: ignore[attr-defined]
             assert not pool._requests
-            assert len(pool.connections) <= in_flight
             assert all(c.is_idle() or c.is_closed() for c in pool.connections)
         finally:
             await sender.aclose()
