@@ -17,12 +17,14 @@ from typing import Any
 
 import anyio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from notifier.core.timefmt import parse_ms
 from notifier.sandbox.api import ENDPOINTS, HIDDEN_APPOINTMENT_STATES
+from notifier.sandbox.ledger import LedgerRequests
 from notifier.sandbox.state import Key, Sandbox
 
 
@@ -248,7 +250,7 @@ def build_app(sb: Sandbox) -> Starlette:
         data = await body(request) if method in ("POST", "PATCH", "PUT") else {}
         if parts == ["reset"] and method == "POST":
             for name in list(sb.tables):
-                sb.tables[name] = type(sb.tables[name])(name)
+                sb.tables[name] = type(sb.tables[name])(name, sb.ledger)
             sb.limiter.clear()
             sb.requests.clear()
             return _json({"ok": True})
@@ -265,6 +267,10 @@ def build_app(sb: Sandbox) -> Starlette:
                 c.frozen_ms = None if data["freeze_ms"] is None else int(data["freeze_ms"])
             return _json({"now_ms": c.now_ms(), "offset_ms": c.offset_ms,
                           "frozen_ms": c.frozen_ms})
+        if parts == ["ledger"] and method == "GET":
+            since = int(request.query_params.get("since", 0))
+            rsince = int(request.query_params.get("requests_since", 0))
+            return _json(sb.ledger.snapshot(since, rsince))
         if parts == ["quirks"]:
             if method == "POST":
                 sb.quirks.update(data)
@@ -347,4 +353,4 @@ def build_app(sb: Sandbox) -> Starlette:
         Route("/v1/{resource}/{id}", single, methods=["GET"]),
         Route("/_sandbox/{rest:path}", control, methods=["GET", "POST", "PATCH", "DELETE"]),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[Middleware(LedgerRequests, ledger=sb.ledger)])

@@ -18,6 +18,7 @@ from sortedcontainers import SortedList
 
 from notifier.sandbox.api import ENDPOINTS
 from notifier.sandbox.fake import Faker
+from notifier.sandbox.ledger import Ledger
 from notifier.sandbox.limits import Limiter, Verdict
 
 DAY_MS = 86_400_000
@@ -108,8 +109,9 @@ def _sort_id(record_id: str, int_ids: bool) -> Any:
 class Table:
     """One resource's rows, indexed by ``updated_at`` for fast incremental queries."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, ledger: Ledger | None = None) -> None:
         self.name = name
+        self.ledger = ledger
         self.int_ids = INT_IDS[name]
         self.rows: dict[str, dict[str, Any]] = {}
         self.updated: dict[str, int] = {}
@@ -127,6 +129,8 @@ class Table:
         self.index.add((updated_ms, sid, record_id))
         self.version += 1
         self._cache.clear()
+        if self.ledger is not None:
+            self.ledger.write(self.name, record_id, row, updated_ms)
 
     def delete(self, record_id: str) -> bool:
         if record_id not in self.rows:
@@ -136,6 +140,8 @@ class Table:
         del self.rows[record_id]
         self.version += 1
         self._cache.clear()
+        if self.ledger is not None:
+            self.ledger.write(self.name, record_id, None, None)
         return True
 
     def query(self, after: int | None, before: int | None, order: str, descending: bool,
@@ -173,7 +179,8 @@ class Sandbox:
         self.quirks = Quirks(seed=seed)
         self.faker = Faker(seed)
         self.rng = random.Random(seed)
-        self.tables = {name: Table(name) for name in INT_IDS}
+        self.ledger = Ledger()
+        self.tables = {name: Table(name, self.ledger) for name in INT_IDS}
         self.next_id = {name: 1000 for name in INT_IDS}
         self.keys: dict[str, Key] = {}
         self.limiter = Limiter()

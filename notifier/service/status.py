@@ -110,9 +110,14 @@ async def collect(settings: Settings, redis: Redis, now: float) -> dict[str, Any
         rawk: Any = await redis.hgetall(keys.key_state(p.name))
         k = {a.decode(): b.decode() for a, b in rawk.items()}
         last_use = _float(k.get("last_success_at"))
+        lease: Any = await redis.get(keys.lock(p.name))
+        epoch, _, holder = (lease.decode() if lease else "").partition(":")
         out["practices"].append({
             "name": p.name, "url": p.url, "resources": resources,
+            "lease": {"holder": holder or None, "epoch": _int(epoch)},
             "key": {"state": k.get("state", "unknown"), "fingerprint": k.get("fingerprint"),
+                    "lifecycle": k.get("lifecycle"),
+                    "next_probe_at": _float(k.get("next_probe_at")),
                     "since": _float(k.get("since")), "reason": k.get("reason"),
                     "last_success_at": last_use,
                     "idle_seconds": None if last_use is None else now - last_use},

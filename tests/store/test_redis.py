@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from notifier.core.cursor import Progress, Window
@@ -16,6 +17,7 @@ from notifier.events import record_event
 from notifier.store.keys import Keys
 from notifier.store.redis import DictionaryConflict, Store
 from tests.conftest import Namespace
+from tests.proxy import DropReplyProxy
 
 T = datetime(2026, 11, 27, tzinfo=UTC)
 
@@ -55,50 +57,6 @@ async def test_fresh_progress_is_empty(store: Store) -> None:
     assert await store.progress("main", "patients") == Progress()
 
 
-class DropReplyProxy:
-    """A TCP proxy to Redis that, when armed, lets the next EVALSHA reach the server and
-    then cuts the connection before its reply gets back: the lost-reply case."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.armed = False
-        self.dropped = 0
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                      ) -> None:
-        up_r, up_w = await asyncio.open_connection(self.host, self.port)
-        cut = asyncio.Event()
-
-        async def upstream() -> None:
-            while data := await reader.read(65536):
-                if self.armed and b"EVALSHA" in data.upper():
-                    self.armed = False
-                    cut.set()
-                up_w.write(data)
-                await up_w.drain()
-
-        async def downstream() -> None:
-            while data := await up_r.read(65536):
-                if cut.is_set():
-                    self.dropped += 1
-                    break
-                writer.write(data)
-                await writer.drain()
-            writer.close()
-            up_w.close()
-
-        await asyncio.gather(upstream(), downstream(), return_exceptions=True)
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
-
-
 @pytest.fixture
 async def proxied(redis_url: str, ns: Namespace) -> AsyncIterator[tuple[Store, DropReplyProxy]]:
     parts = urlsplit(redis_url)
@@ -131,3 +89,16 @@ async def test_commit_to_wrong_type_fails_before_publishing(store: Store) -> Non
                            snapshots={"1": b"x"}, events=events(2))
     assert await store.redis.xlen(store.stream) == 0
     assert (await store.progress("main", "patients")).cursor is None
+
+
+async def test_replayed_commit_applies_once(
+        proxied: tuple[Store, DropReplyProxy], store: Store) -> None:
+    """A commit delivered twice (a retrying client or proxy) applies once: the token."""
+    pstore, proxy = proxied
+    await pstore.commit("main", "invoices", progress=Progress(cursor=1))  # loads the script
+    proxy.armed = proxy.replay = True
+    big = events(300)   # a command longer than one read
+    with contextlib.suppress(RedisConnectionError):  # this client retries; the daemon's does not
+        await pstore.commit("main", "patients", progress=Progress(cursor=2), events=big)
+    assert proxy.replayed == 1
+    assert await store.redis.xlen(store.stream) == 300
