@@ -74,9 +74,11 @@ def main(argv: list[str] | None = None) -> int:
             continue
         with tempfile.TemporaryDirectory(prefix=f"mutant-{m.name}-") as tmp:
             path = build(m, Path(tmp))
-            opts = Options(a.seed, a.seconds, only=None if a.all_faults else
-                           (set(m.only) if m.only else None),
+            only = None if a.all_faults or not m.only else set(m.only)
+            opts = Options(a.seed, a.seconds, only=only,
                            daemon_path=str(path), quiet=True, rate=m.rate)
+            if only is not None:
+                opts.disabled = set()
             result = anyio.run(campaign, opts)
         kinds = Counter(v.check for v in result.violations)
         verdict = "KILLED" if result.violations else "SURVIVED"
