@@ -7,6 +7,7 @@ with the record it concerns and the faults active around it.
 
 from __future__ import annotations
 
+import bisect
 import fnmatch
 import itertools
 from collections import Counter, defaultdict
@@ -227,10 +228,8 @@ def ingestion_excused(ev: Evidence, resource: str) -> list[tuple[float, float]]:
                 if r["path"] == f"/v1/{resource}" and r["status"] == 200)
 
     def next_ok(t: float) -> float:
-        for x in ok:
-            if x > t:
-                return x
-        return ev.ended
+        i = bisect.bisect_right(ok, t)
+        return ok[i] if i < len(ok) else ev.ended
 
     for f in ev.faults:
         if not f.kind.startswith("subscriber."):
