@@ -63,6 +63,7 @@ KNOWN_OPEN = {"dentally.date_blip", "dentally.writes_between_pages",
               "dentally.future_stamps", "subscriber.failing", "subscriber.trickling",
               "redis.down"}
 KNOWN_OPEN_CHECKS = {"budget"}
+READY_AFTER = 3.0   # seconds from the daemon's start to its signal handlers, with margin
 
 
 @dataclass
@@ -100,6 +101,7 @@ class CampaignDaemon(Daemon):
     def __init__(self, config: Path, log: Path, path: str | None) -> None:
         super().__init__(config, log)
         self.path = path
+        self.started_at = 0.0
 
     def start(self, **env_extra: str) -> None:
         assert self.proc is None or self.proc.poll() is not None
@@ -111,6 +113,14 @@ class CampaignDaemon(Daemon):
             [sys.executable, "-m", "notifier", "run", "--config", str(self.config)],
             stdout=out, stderr=out, env=env, cwd=self.path)
         self.starts += 1
+        self.started_at = time.time()
+
+    async def hangup(self) -> None:
+        """SIGHUP once the daemon has had time to install its handler: before that, the
+        default action ends the process (systemd sends a reload only after READY=1)."""
+        await anyio.sleep(max(0.0, self.started_at + READY_AFTER - time.time()))
+        if self.alive():
+            self.signal(signal.SIGHUP)
 
 
 class Workload:
@@ -271,8 +281,7 @@ class Campaign:
         in_flight = rng.choice([2, 4, 8])
         self.config(self.cfg, self.proxy_url, poll, in_flight)
         async with self.daemon_lock:
-            if self.daemon.alive():
-                self.daemon.signal(signal.SIGHUP)
+            await self.daemon.hangup()
         return f"SIGHUP: poll_interval {poll}, max_in_flight {in_flight}"
 
     async def redis_lost_reply(self, replay: bool) -> bool:
@@ -495,7 +504,7 @@ class Campaign:
             self.reconcile = 2.0
             self.config(self.cfg, self.proxy_url, *self._last_config)
             async with self.daemon_lock:
-                self.daemon.signal(signal.SIGHUP)
+                await self.daemon.hangup()
             self.log("faults over; waiting for the daemon to catch up")
             deadline = time.time() + opts.settle
             while time.time() < deadline and not await self.converged():  # noqa: ASYNC110
