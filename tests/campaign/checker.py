@@ -219,6 +219,15 @@ def _outside(a: float, b: float, union: list[tuple[float, float]]) -> float:
     return (b - a) - inside
 
 
+# Faults during which Dentally can still be read: unstable pages, rows sharing a stamp,
+# writes between page reads. A window read dirty is read again, and every page read publishes
+# what it shows, so a version that stays long enough is seen; these excuse nothing.
+READABLE = frozenset({"dentally.unstable", "dentally.shared_updated_at", "dentally.churn",
+                      "dentally.writes_between_pages", "dentally.413", "dentally.slow",
+                      "dentally.future_stamps"} | {f"subscriber.{k}" for k in (
+                          "failing", "gone_410", "hanging", "trickling", "slow")})
+
+
 def ingestion_excused(ev: Evidence, resource: str) -> list[tuple[float, float]]:
     """When the daemon could not be expected to read ``resource`` promptly: the first sync,
     every fault but the subscribers', and after each until its next successful listing
@@ -232,7 +241,7 @@ def ingestion_excused(ev: Evidence, resource: str) -> list[tuple[float, float]]:
         return ok[i] if i < len(ok) else ev.ended
 
     for f in ev.faults:
-        if not f.kind.startswith("subscriber."):
+        if f.kind not in READABLE:
             spans.append((f.start, next_ok(f.end) + 2.0))
     synced = ev.synced_at.get(resource, ev.ended)
     spans.append((ev.started - 1e9, synced + 2.0))
@@ -308,7 +317,7 @@ def check_deliveries(ev: Evidence, limits: Limits) -> list[Violation]:
             receipts.sort(key=lambda r: r.at)
             for first, again in itertools.pairwise(receipts):
                 near = [k for k, after in causes
-                        if first.at <= k <= first.done + after and k <= again.at]
+                        if first.at - 1.0 <= k <= first.done + after and k <= again.at]
                 if not near:
                     out.append(Violation(
                         "duplicate-delivery", f"{sub.name} {eid}",

@@ -82,6 +82,7 @@ class Options:
     """Dentally's pages skip and repeat rows even on a quiet day: this much of it, always
     (0.03 once issue 8 makes unsplittable windows terminate)."""
     skip_checks: set[str] = field(default_factory=lambda: set(KNOWN_OPEN_CHECKS))
+    poll_interval: float = 1.0
     records: int = 120
     quiet: bool = False
 
@@ -198,7 +199,7 @@ class Campaign:
         self.keepalive = 3.0
         self.rate_window = 2.0
         self.share = 60
-        self.poll_interval = 1.0
+        self.poll_interval = opts.poll_interval
         # Sweeps find deletions and rows a poll skipped. Rare while faults run, so that a
         # skipped row shows as a lost change instead of being found a moment later; often
         # once the faults stop, so that every deletion is found before the check.
@@ -277,7 +278,7 @@ class Campaign:
             return time.monotonic() - t
 
     async def daemon_sighup(self, rng: random.Random) -> str:
-        poll = rng.choice([0.7, 1.0, 1.3])
+        poll = self.poll_interval * rng.choice([0.7, 1.0, 1.3])
         in_flight = rng.choice([2, 4, 8])
         self.config(self.cfg, self.proxy_url, poll, in_flight)
         async with self.daemon_lock:
@@ -520,7 +521,8 @@ class Campaign:
                 "exit", "daemon", f"SIGTERM exit status {code}", time.time()))
         ev = await self.evidence(with_status=True)
         ev.ended = caught_up
-        limits = checker.Limits(self.token, self.share, self.rate_window, self.keepalive)
+        limits = checker.Limits(self.token, self.share, self.rate_window, self.keepalive,
+                                version_due=max(4.0, 3 * self.poll_interval))
         violations = self.violations + checker.check(ev, limits, opts.skip_checks)
         table = checker.table(ev, violations, opts.seed, opts.seconds / 60)
         await self.workload.control.aclose()
