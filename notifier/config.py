@@ -96,6 +96,9 @@ class PracticeConfig(_Strict):
     max_requests_per_hour: Annotated[int, Field(ge=1)] = 1800
     keepalive_interval: Seconds = 21_600
     reconcile_interval: Seconds = 86_400
+    max_delete_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2
+    """A sweep that would delete more than this fraction of a resource's tracked records
+    publishes none of them until ``dentally-notifier reconcile NAME RESOURCE --accept``."""
     overlap: Annotated[float, Field(ge=0)] = 60.0
     per_page: Annotated[int, Field(ge=1, le=100)] = 100
     window_rows: Annotated[int, Field(ge=100)] = 2000

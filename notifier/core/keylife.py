@@ -49,25 +49,11 @@ def fingerprint(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
-def keepalive_wait(last_success: float | None, now: float, interval: float) -> float:
-    """Seconds until the key must be used again (0: now)."""
-    if last_success is None:
-        return 0.0
-    return max(0.0, last_success + interval - now)
-
-
 def idle_days_left(last_success: float | None, now: float) -> float | None:
     """Days until expiry when the key has been idle past the warning threshold, else None."""
     if last_success is None or now - last_success <= IDLE_WARNING:
         return None
     return max(0.0, (last_success + EXPIRY - now) / 86400)
-
-
-def probe_wait(last_probe: float | None, now: float, interval: float) -> float:
-    """Seconds until a revoked key may be probed again."""
-    if last_probe is None:
-        return 0.0
-    return max(0.0, last_probe + interval - now)
 
 
 class State(enum.Enum):

@@ -21,8 +21,10 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-HOURLY_BODY = {"error": {"type": "invalid_access_error", "message": "Rate limit exceeded"}}
-BURST_BODY = {"error": {"type": "rate_limited", "message": "Too many requests"}}
+HOURLY_BODY: dict[str, object] = {
+    "error": {"type": "invalid_access_error", "message": "Rate limit exceeded"}}
+BURST_BODY: dict[str, object] = {
+    "error": {"type": "rate_limited", "message": "Too many requests"}}
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from notifier.ops.metrics import app as metrics_app
 from notifier.ops.systemd import SystemdNotifier, watchdog_interval
 from notifier.service import retention
 from notifier.service.delivery import SubscriberWorker, supervise
-from notifier.service.practice import PracticeRunner
+from notifier.service.keygroup import KeyHub
+from notifier.service.practice import PracticeRunner, budget_for
 from notifier.store.delivery import DeliveryStore, groups, unacked
 from notifier.store.keys import Keys
 from notifier.store.redis import Store
@@ -125,6 +126,7 @@ class Daemon:
         self.keys = Keys(settings.redis.prefix)
         self.store = Store(redis, self.keys, settings.redis.stream)
         self.notify = SystemdNotifier()
+        self.keys_hub = KeyHub(settings.practices, budget_for)
         self.health = Health()
         self.metrics = Metrics()
         self.practices: dict[str, tuple[PracticeConfig, PracticeRunner, anyio.CancelScope]] = {}
@@ -150,7 +152,8 @@ class Daemon:
         replaces on a reload, handed on in one step so that the practice is never free."""
         assert self._tg is not None
         runner = PracticeRunner(self.store, cfg, lease_ttl=self.settings.redis.practice_lease,
-                                take_over=take_over, health=self.health, metrics=self.metrics)
+                                take_over=take_over, hub=self.keys_hub, health=self.health,
+                                metrics=self.metrics)
         scope = anyio.CancelScope()
         self.practices[cfg.name] = (cfg, runner, scope)
         self._tg.start_soon(self._scoped, scope, runner.run)
@@ -218,6 +221,7 @@ class Daemon:
             new = new.model_copy(update={"redis": self.settings.redis})
         old_p = {p.name: p for p in self.settings.practices}
         new_p = {p.name: p for p in new.practices}
+        self.keys_hub.update(new.practices)
         handed: dict[str, str | None] = {}
         for name, (cfg, runner, scope) in list(self.practices.items()):
             if name not in new_p or new_p[name] != cfg:

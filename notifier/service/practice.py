@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,6 +30,7 @@ from notifier.errors import ConfigError, DentallyError, LeaseLost
 from notifier.events import notifier_event
 from notifier.ops.metrics import Metrics
 from notifier.service.identity import holder_id
+from notifier.service.keygroup import KeyGroup, KeyHub
 from notifier.service.lease import LeaseKeeper
 from notifier.service.resource_loop import ResourceLoop, policy_for
 from notifier.store.lease import Lease
@@ -44,19 +45,32 @@ RETRY_POLL = 1.0           # how often Redis is asked for an operator's "key ret
 KEY_STATE_WRITE = 10.0     # how often the key's last use and budget go to Redis
 
 
-def budget_for(cfg: PracticeConfig) -> Budget:
-    """The practice's share of its key's rate window, and what its steady polls need."""
+def budget_for(cfgs: PracticeConfig | Sequence[PracticeConfig]) -> Budget:
+    """The key's share of its rate window (the smallest any of its practices allows), and
+    what the steady polls of all its practices need."""
+    group = [cfgs] if isinstance(cfgs, PracticeConfig) else list(cfgs)
+    cfg = min(group, key=lambda c: c.max_requests_per_hour * c.rate_window)
     scale = cfg.rate_window / 3600.0
-    steady = sum(cfg.rate_window / cfg.interval(r) for r in cfg.resources)
-    steady += cfg.rate_window / cfg.keepalive_interval
+    steady = sum(cfg.rate_window / c.interval(r) for c in group for r in c.resources)
+    steady += cfg.rate_window / min(c.keepalive_interval for c in group)
     share = max(1, int(cfg.max_requests_per_hour * scale))
     return Budget(share=share, window=cfg.rate_window,
                   steady_per_window=min(steady, share * 0.5), floor=int(36 * scale))
 
 
+def _lease_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or a task group raised only) LeaseLost."""
+    if isinstance(exc, LeaseLost):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        rest = exc.split(LeaseLost)[1]
+        return rest is None
+    return False
+
+
 class PracticeRunner:
     def __init__(self, store: Store, cfg: PracticeConfig, *, lease_ttl: float = 15.0,
-                 take_over: str | None = None,
+                 take_over: str | None = None, hub: KeyHub | None = None,
                  wall: Callable[[], float] = time.time, health: Health | None = None,
                  metrics: Metrics | None = None) -> None:
         self.store = store
@@ -67,22 +81,32 @@ class PracticeRunner:
         self.keeper = LeaseKeeper(Lease(store.redis, store.keys.lock(cfg.name),
                                         store.keys.lease_epoch(cfg.name), holder_id(),
                                         lease_ttl), cfg.name)
-        self.budget = budget_for(cfg)
+        self.hub = hub or KeyHub([cfg], budget_for)
+        self.group: KeyGroup | None = None
+        self._budget = budget_for(cfg)
         self.health = health or Health()
         self.metrics = metrics
-        self.life = self._new_life()
         self._reload = anyio.Event()
         self._wake = anyio.Event()
         self._todo: list[kl.Action] = []
 
-    def _new_life(self) -> kl.KeyLife:
-        return kl.KeyLife(keepalive_interval=self.cfg.keepalive_interval,
-                          probe_interval=self.cfg.key_probe_interval,
-                          scope_recheck_interval=self.cfg.scope_recheck_interval)
+    @property
+    def life(self) -> kl.KeyLife:
+        """The lifecycle of this practice's key (shared with the practices that use the
+        same key)."""
+        if self.group is None:
+            return kl.KeyLife(keepalive_interval=self.cfg.keepalive_interval,
+                              probe_interval=self.cfg.key_probe_interval,
+                              scope_recheck_interval=self.cfg.scope_recheck_interval)
+        return self.group.life
+
+    @property
+    def budget(self) -> Budget:
+        return self._budget if self.group is None else self.group.budget
 
     @property
     def revoked(self) -> bool:
-        return self.life.state is kl.State.REVOKED
+        return self.group is not None and self.life.state is kl.State.REVOKED
 
     def lease_token(self) -> str | None:
         """The lease this runner holds, for the runner that replaces it on a reload."""
@@ -107,11 +131,14 @@ class PracticeRunner:
                 self._take_over = None
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self.keeper.keep, tg.cancel_scope)
-                    await self._serve(store)
+                    while True:   # again with the new key after a key change
+                        await self._serve(store)
                 attempt = 0
-            except LeaseLost:
-                await self.keeper.report_loss(self.keeper.fence())
             except Exception as exc:  # isolation: see the docstring
+                if _lease_lost(exc):
+                    # A commit was refused: another runner holds the practice now.
+                    await self.keeper.report_loss(self.keeper.fence())
+                    continue
                 delay = backoff(attempt, cap=60)
                 attempt += 1
                 log.error("practice stopped by %s: %s; restarting in %.1fs",
@@ -123,6 +150,8 @@ class PracticeRunner:
 
     # -- the key's life -----------------------------------------------------------------
     async def _serve(self, store: Store) -> None:
+        """Use the key until it changes (then return, to be called again with the new
+        one): join its group, drive its lifecycle, run the pollers while it allows."""
         while True:
             try:
                 key = self.cfg.api_key_value()
@@ -131,16 +160,19 @@ class PracticeRunner:
                 log.error("%s", exc, extra=self._extra)
                 await self._sleep_or_reload(60)
         fp = kl.fingerprint(key)
-        self.life = self._new_life()
-        self._todo = self.life.handle(kl.Start(fp, await self._key_state()), self._wall())
+        group = self.hub.group(fp, self.cfg)
+        self._todo = []
         client = DentallyClient(self.cfg.url, key, timeout=self.cfg.timeout,
-                                budget=self.budget)
+                                budget=group.budget)
         client.gate = self._gate
         client.observer = self._observe
         pollers: anyio.CancelScope | None = None
+        stored = await self._key_state()
+        self.group = group
+        group.join(self, stored, self._wall())
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._watch_key, client)
+                tg.start_soon(self._watch_key, tg.cancel_scope)
                 tg.start_soon(self._record_use, client)
                 while True:
                     todo, self._todo = self._todo, []
@@ -152,17 +184,21 @@ class PracticeRunner:
                     wait = self.life.next_deadline(self._wall()) - self._wall()
                     with anyio.move_on_after(max(0.0, wait)):
                         await self._wake.wait()
-                    self._todo += self.life.handle(kl.Tick(), self._wall())
+                    group.feed(kl.Tick(), self._wall())
         finally:
+            group.leave(self, self._wall())
+            self.hub.release(group)
             with anyio.CancelScope(shield=True):
                 await client.aclose()
 
+    def enqueue(self, actions: list[kl.Action]) -> None:
+        """Actions of the key's lifecycle for this practice (called by its group)."""
+        self._todo += actions
+        self._wake.set()
+
     def _feed(self, event: kl.Event) -> None:
-        before = self.life.state
-        actions = self.life.handle(event, self._wall())
-        if actions or self.life.state is not before:
-            self._todo += actions
-            self._wake.set()
+        if self.group is not None:
+            self.group.feed(event, self._wall())
 
     def _gate(self, probe: bool) -> float | None:
         now = self._wall()
@@ -242,7 +278,7 @@ class PracticeRunner:
         except RedisError as exc:
             log.error("could not publish %s: %s", p.type, exc, extra=self._extra)
 
-    async def _watch_key(self, client: DentallyClient) -> None:
+    async def _watch_key(self, serve: anyio.CancelScope) -> None:
         """A new key (its source changed, or SIGHUP), a reload, an operator's retry."""
         retry_key = self.store.keys.key_retry(self.cfg.name)
         last_read = anyio.current_time()
@@ -267,11 +303,11 @@ class PracticeRunner:
                     log.error("%s", exc, extra=self._extra)
                 continue
             fp = kl.fingerprint(key)
-            if fp != self.life.fp:
+            if self.group is not None and fp != self.group.fp:
                 log.info("new API key %s; checking it", fp, extra=self._extra)
-                client.set_key(key)
-                self._feed(kl.NewKey(fp))
-            elif reloaded or asked:
+                serve.cancel()   # _serve returns and is called again with the new key
+                return
+            if reloaded or asked:
                 self._feed(kl.RetryNow())
 
     async def _record_use(self, client: DentallyClient) -> None:

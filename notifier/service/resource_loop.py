@@ -64,7 +64,8 @@ class ResourceLoop:
     async def run(self) -> None:
         cfg, name = self.cfg, self.name
         poller = ResourcePoller(self.store, self.client, cfg.name, resources.get(name),
-                                policy_for(cfg), initial_sync=cfg.initial_sync)
+                                policy_for(cfg), initial_sync=cfg.initial_sync,
+                                max_delete_fraction=cfg.max_delete_fraction)
         interval = cfg.interval(name)
         attempt = 0
         next_sweep: float | None = None
@@ -76,6 +77,7 @@ class ResourceLoop:
         poller.heartbeat = self.client.heartbeat
         if self.metrics is not None:
             poller.on_events = self._count_events
+            poller.on_stat = self._count_stat
         try:
             while True:
                 self.health.beat(beat, self._wall(), page_within)
@@ -94,7 +96,7 @@ class ResourceLoop:
                         if published:
                             log.info("published %d event%s", published,
                                      "s" * (published != 1), extra=self.extra)
-                        if self._wall() >= next_sweep:
+                        if self._wall() >= next_sweep or await poller.sweep_requested():
                             await poller.reconcile()
                             next_sweep = self._wall() + cfg.reconcile_interval
                         delay = max(0.0, interval - (anyio.current_time() - started))
@@ -160,6 +162,18 @@ class ResourceLoop:
         if reset_at is None:
             return 60.0
         return min(3600.0, max(1.0, reset_at - self._wall()))
+
+    def _count_stat(self, stat: str, n: int) -> None:
+        """The poller's counts of re-reads, incomplete windows, unreadable snapshots and
+        held sweeps, into their metrics."""
+        m = self.metrics
+        if m is None:
+            return
+        counter = {"rereads": m.window_rereads, "incomplete": m.windows_incomplete,
+                   "unreadable": m.snapshots_unreadable,
+                   "suspicious": m.reconcile_suspicious}.get(stat)
+        if counter is not None:
+            counter.labels(self.cfg.name, self.name).inc(n)
 
     def _count_events(self, events: list[Event]) -> None:
         if self.metrics is not None:

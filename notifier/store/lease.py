@@ -82,7 +82,7 @@ def describe(value: str | None) -> str:
     if not value:
         return "nobody"
     epoch, _, holder = value.partition(":")
-    return f"{holder} (epoch {epoch})"
+    return f"{holder}, epoch {epoch}"
 
 
 class Lease:

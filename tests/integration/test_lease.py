@@ -3,7 +3,9 @@ and never produce a false "lost the practice lock" alarm."""
 
 from __future__ import annotations
 
+import json
 import signal
+import sys
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -112,3 +114,41 @@ async def test_two_daemons_on_one_practice_never_both_publish_and_a_killed_one_h
     assert f":{waiting.proc.pid}:" in new_holder   # type: ignore[union-attr]
     assert int(new_holder.partition(":")[0]) > int(holder.partition(":")[0])
     assert waiting.alive()
+    status = json.loads((await anyio.run_process(
+        [sys.executable, "-m", "notifier", "status", "--json", "--config",
+         str(waiting.config)])).stdout)
+    lease = status["practices"][0]["lease"]
+    assert f":{waiting.proc.pid}:" in lease["holder"]   # type: ignore[union-attr]
+    assert lease["epoch"] == int(new_holder.partition(":")[0])
+
+
+async def test_a_paused_writer_that_wakes_after_a_takeover_commits_nothing(
+        redis: Redis, ns: Namespace, control: SandboxControl,
+        daemon_factory: Callable[..., Daemon]) -> None:
+    """The case a lease alone cannot handle: a daemon frozen mid-backfill (SIGSTOP: a GC
+    pause, a stalled VM) past its lease, another takes over, then the first wakes up with
+    pages in hand. Its commits carry a stale fencing token and are refused."""
+    await control.seed("patients", 1500, spread_days=30)
+    await control.quirks(latency=0.01)
+    a = daemon_factory(resources=["patients"], initial_sync="emit", per_page=50)
+    b = daemon_factory(resources=["patients"], initial_sync="emit", per_page=50)
+    a.start()
+
+    async def some() -> bool:
+        return await redis.xlen(ns.stream) >= 200
+    await wait_until(some, 20, "a's backfill under way")
+    a.signal(signal.SIGSTOP)
+    b.start()
+    await anyio.sleep(4)             # a's lease (1.5 s) expired; b took over
+    a.signal(signal.SIGCONT)
+
+    async def done() -> bool:
+        return await redis.hget(f"{ns.prefix}:{{main}}:cursor:patients", "synced") == b"1"
+    await wait_until(done, 60, "the backfill, finished by b")
+    await anyio.sleep(1)
+    evs = await stream_events(redis, ns.stream)
+    assert len({e["id"] for e in evs}) == len(evs), "both writers committed a page"
+    assert Counter(e["type"] for e in evs)["patient.created"] == 1500
+    assert a.alive() and b.alive()
+    log = a.log.read_text()
+    assert "lost the practice lease to another daemon" in log

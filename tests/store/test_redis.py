@@ -15,7 +15,7 @@ from redis.exceptions import ResponseError
 from notifier.core.cursor import Progress, Window
 from notifier.events import record_event
 from notifier.store.keys import Keys
-from notifier.store.redis import Store
+from notifier.store.redis import DictionaryConflict, Store
 from tests.conftest import Namespace
 from tests.proxy import DropReplyProxy
 
@@ -42,9 +42,15 @@ async def test_commit_writes_everything_together(store: Store) -> None:
     assert set(entries[0][1]) == {b"id", b"type", b"practice", b"resource", b"record_id",
                                   b"payload"}
     assert await store.redis.get(store.keys.zdict("main", "patients")) == b"dict"
-    # The dictionary is written once and never replaced.
-    await store.commit("main", "patients", progress=p, zdict=b"other")
+    # The dictionary is written once and never replaced; a commit whose snapshots need
+    # another one writes nothing at all.
+    with pytest.raises(DictionaryConflict):
+        await store.commit("main", "patients", progress=Progress(cursor=9),
+                           snapshots={"3": b"d"}, events=events(1), zdict=b"other")
     assert await store.redis.get(store.keys.zdict("main", "patients")) == b"dict"
+    assert await store.progress("main", "patients") == p
+    assert await store.snapshots("main", "patients", ["3"]) == [None]
+    assert len(await store.redis.xrange(store.stream)) == 3
 
 
 async def test_fresh_progress_is_empty(store: Store) -> None:
