@@ -14,15 +14,15 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
-import anyio
 import httpx
 
 from notifier import __version__
-from notifier.core.budget import Budget
+from notifier.core.budget import Action, Answer, Priority, Refusal, classify
 from notifier.core.clock import ServerClock
 from notifier.core.resources import Resource
 from notifier.core.retry import parse_retry_after
 from notifier.core.timefmt import format_ms
+from notifier.dentally.pacer import Pacer
 from notifier.errors import (
     AuthError,
     BadRequest,
@@ -63,7 +63,7 @@ class DentallyClient:
     """One practice's connection to Dentally. Close it with ``aclose``."""
 
     def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0,
-                 budget: Budget | None = None,
+                 pacer: Pacer | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
                  monotonic: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
@@ -75,9 +75,9 @@ class DentallyClient:
         """Unix time of the last 2xx: what keeps the key alive."""
         self.rejected = False
         """Set by a 401: no further request is made with this key except ``probe`` ones."""
-        self.budget = budget
-        self.heartbeat: Callable[[], None] | None = None
-        """Called while waiting for the budget: waiting is progress, not a wedge."""
+        self.pacer = pacer
+        """The key's rate budget (shared by every client of the key); None: unpaced, and a
+        rate refusal raises RateLimited at once."""
         self._mono = monotonic
         self._wall = wall
         self._http = httpx.AsyncClient(
@@ -100,77 +100,81 @@ class DentallyClient:
         """The server's time in ms, estimated from the last ``Date`` header."""
         return self.clock.now(self._mono())
 
-    async def _pace(self, bulk: bool) -> None:
-        """Wait until the rate budget allows this request, then count it."""
-        if self.budget is None:
-            return
-        while (wait := self.budget.wait(self._wall(), bulk)) > 0:
-            if self.heartbeat is not None:
-                self.heartbeat()
-            await anyio.sleep(min(wait, 10.0))  # and beat, at least every 10 s
-        self.budget.spend(self._wall())
-
     async def get(self, path: str, params: dict[str, str] | None = None, *,
                   probe: bool = False, bulk: bool = False) -> Any:
         """GET ``/v1{path}`` and return its JSON body, or raise a DentallyError.
 
         After a 401 every call fails at once without a request (no retry storm on a dead
-        key) unless it is a ``probe``.
+        key) unless it is a ``probe``. With a pacer, a rate refusal (429, or the hourly
+        cap's 403) is not an error: the same request is sent again when the budget allows,
+        so a caller reading a window keeps its place in it.
         """
         what = f"GET {path}"
-        if self.rejected and not probe:
-            raise AuthError(f"{what}: not sent, the key was rejected")
-        await self._pace(bulk)
-        self.requests += 1
-        try:
-            response = await self._http.get("/v1" + path, params=params)
-        except httpx.TimeoutException:
-            raise TransientError(f"{what}: timed out") from None
-        except httpx.TransportError as exc:
-            raise TransientError(f"{what}: {type(exc).__name__}") from None
-        self._observe(response)
-        status = response.status_code
-        if 200 <= status < 300:
-            self.last_success = self._wall()
-            self.rejected = False
+        priority = (Priority.KEY if path == "/user" else
+                    Priority.BULK if bulk else Priority.STEADY)
+        while True:
+            if self.rejected and not probe:
+                raise AuthError(f"{what}: not sent, the key was rejected")
+            sent_at = await self.pacer.slot(priority) if self.pacer is not None else 0.0
+            self.requests += 1
             try:
-                return response.json()
-            except ValueError:
-                raise MalformedResponse(f"{what}: {status} body is not JSON",
-                                        status=status) from None
-        raise self._error(what, response)
+                response = await self._http.get("/v1" + path, params=params)
+            except httpx.TimeoutException:
+                raise TransientError(f"{what}: timed out") from None
+            except httpx.TransportError as exc:
+                raise TransientError(f"{what}: {type(exc).__name__}") from None
+            answer = self._observe(response)
+            if self.pacer is not None and \
+                    self.pacer.answered(sent_at, answer) is Action.RETRY:
+                continue
+            status = response.status_code
+            if 200 <= status < 300:
+                self.last_success = self._wall()
+                self.rejected = False
+                try:
+                    return response.json()
+                except ValueError:
+                    raise MalformedResponse(f"{what}: {status} body is not JSON",
+                                            status=status) from None
+            raise self._error(what, response, answer)
 
-    def _observe(self, response: httpx.Response) -> None:
+    def _observe(self, response: httpx.Response) -> Answer:
+        """Feed the server clock from ``Date``; read what the response says of the budget,
+        its reset converted to our clock by the response's own ``Date`` (both whole
+        seconds of the server's clock: the result is late by under a second, never
+        early)."""
+        now = self._wall()
         date = response.headers.get("date")
+        date_s: float | None = None
         if date:
             try:
-                ms = int(parsedate_to_datetime(date).timestamp() * 1000)
-                self.clock.observe(ms, self._mono())
+                date_s = parsedate_to_datetime(date).timestamp()
+                self.clock.observe(int(date_s * 1000), self._mono())
             except (TypeError, ValueError):
-                pass
+                date_s = None
         h = response.headers
+        reset = _int_header(h, "x-ratelimit-reset")
+        reset_at = None if reset is None else (
+            now + (reset - date_s) if date_s is not None else float(reset))
         if "x-ratelimit-remaining" in h:
-            reset = _int_header(h, "x-ratelimit-reset")
             self.rate = RateState(_int_header(h, "x-ratelimit-limit"),
-                                  _int_header(h, "x-ratelimit-remaining"),
-                                  None if reset is None else float(reset))
-            if self.budget is not None:
-                self.budget.observe(self.rate.remaining, self.rate.reset_at, self._wall())
+                                  _int_header(h, "x-ratelimit-remaining"), reset_at)
+        kind, message = _error_detail(response) if response.status_code >= 400 else ("", "")
+        return Answer(response.status_code, limit=_int_header(h, "x-ratelimit-limit"),
+                      remaining=_int_header(h, "x-ratelimit-remaining"), reset_at=reset_at,
+                      retry_after=parse_retry_after(h.get("retry-after"), now),
+                      error_type=kind, error_message=message)
 
-    def _error(self, what: str, response: httpx.Response) -> DentallyError:
+    def _error(self, what: str, response: httpx.Response, answer: Answer) -> DentallyError:
         status = response.status_code
-        detail = _error_message(response)
+        detail = answer.error_message[:200]
         message = f"{what}: {status}" + (f" {detail}" if detail else "")
         if status == 401:
             self.rejected = True
             return AuthError(message, status=status)
-        if status == 429 or (status == 403 and (self.rate.remaining == 0
-                                                or "rate limit" in detail.lower())):
-            now = self._wall()
-            wait = parse_retry_after(response.headers.get("retry-after"), now)
-            reset = now + wait if wait is not None else self.rate.reset_at
-            if self.budget is not None:
-                self.budget.limited(reset, self._wall())
+        if classify(answer) is not Refusal.NONE:
+            wait = answer.retry_after
+            reset = self._wall() + wait if wait is not None else answer.reset_at
             return RateLimited(message, status=status, reset_at=reset)
         if status == 403:
             return ScopeError(message, status=status)
@@ -211,19 +215,22 @@ class DentallyClient:
         return dict(body[resource.singular])
 
 
-def _error_message(response: httpx.Response) -> str:
-    """The API's own error text, short, if the body has one."""
+def _error_detail(response: httpx.Response) -> tuple[str, str]:
+    """The API's own error type and message, if the body has them:
+    ``{"error": {"type": ..., "message": ...}}``, ``{"error": "..."}`` or ``{"message": ...}``.
+    """
     try:
         body = response.json()
     except ValueError:
-        return ""
-    if isinstance(body, dict):
-        err = body.get("error", body.get("message", ""))
-        if isinstance(err, dict):
-            err = err.get("message", "")
-        if isinstance(err, str):
-            return err[:200]
-    return ""
+        return "", ""
+    if not isinstance(body, dict):
+        return "", ""
+    err = body.get("error", body.get("message", ""))
+    kind: Any = ""
+    if isinstance(err, dict):
+        kind, err = err.get("type", ""), err.get("message", "")
+    return (kind if isinstance(kind, str) else "")[:100], \
+        (err if isinstance(err, str) else "")[:200]
 
 
 def parse_page(key: str, body: Any, what: str) -> Page:

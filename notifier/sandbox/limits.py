@@ -20,9 +20,10 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
-HOURLY_BODY = {"error": {"type": "invalid_access_error", "message": "Rate limit exceeded"}}
-BURST_BODY = {"error": {"type": "rate_limited", "message": "Too many requests"}}
+HOURLY_BODY: dict[str, Any] = {"error": {"type": "invalid_access_error", "message": "Rate limit exceeded"}}
+BURST_BODY: dict[str, Any] = {"error": {"type": "rate_limited", "message": "Too many requests"}}
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class Verdict:
     status: int
     """200 when allowed; else 403 or 429."""
     headers: dict[str, str]
-    body: dict[str, object] | None = None
+    body: dict[str, Any] | None = None
 
 
 @dataclass

@@ -253,7 +253,7 @@ class Daemon:
                 for runner in self.runners:
                     name = runner.cfg.name
                     m.key_ok.labels(name).set(0 if runner.revoked else 1)
-                    m.api_requests.labels(name).set(runner.budget.used)
+                    m.api_requests.labels(name).set(runner.budget.used(time.time()))
                     if runner.budget.server_remaining is not None:
                         m.budget_left.labels(name).set(runner.budget.server_remaining)
                 m.stream_length.set(await self.redis.xlen(self.store.stream))

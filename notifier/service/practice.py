@@ -21,15 +21,16 @@ from redis.exceptions import RedisError
 
 from notifier.config import PracticeConfig
 from notifier.core import resources
-from notifier.core.budget import Budget
 from notifier.core.cursor import Policy
 from notifier.core.health import Health
 from notifier.core.keylife import fingerprint, idle_days_left, keepalive_wait, probe_wait
 from notifier.core.retry import backoff
 from notifier.dentally.client import DentallyClient
+from notifier.dentally.pacer import HEARTBEAT
 from notifier.errors import AuthError, ConfigError, DentallyError, RateLimited, ScopeError
 from notifier.events import Event, notifier_event
 from notifier.ops.metrics import Metrics
+from notifier.service.pacing import effective_interval, pacer_for, plan_for
 from notifier.service.poller import ResourcePoller
 from notifier.store.redis import PracticeLock, Store
 
@@ -65,16 +66,6 @@ def owner_alive(owner: str) -> bool:
     return True
 
 
-def budget_for(cfg: PracticeConfig) -> Budget:
-    """The practice's share of its key's rate window, and what its steady polls need."""
-    scale = cfg.rate_window / 3600.0
-    steady = sum(cfg.rate_window / cfg.interval(r) for r in cfg.resources)
-    steady += cfg.rate_window / cfg.keepalive_interval
-    share = max(1, int(cfg.max_requests_per_hour * scale))
-    return Budget(share=share, window=cfg.rate_window,
-                  steady_per_window=min(steady, share * 0.5), floor=int(36 * scale))
-
-
 def policy_for(cfg: PracticeConfig) -> Policy:
     return Policy(overlap_ms=int(cfg.overlap * 1000), per_page=cfg.per_page,
                   window_rows=cfg.window_rows)
@@ -91,7 +82,9 @@ class PracticeRunner:
         self._extra = {"practice": cfg.name}
         self.auth_failure: AuthError | None = None
         self._reload = anyio.Event()
-        self.budget = budget_for(cfg)
+        self.pacer = pacer_for(cfg)
+        self.budget = self.pacer.budget
+        self.plan = plan_for(cfg)
         self.health = health or Health()
         self.metrics = metrics
         self.revoked = False
@@ -237,7 +230,7 @@ class PracticeRunner:
                     await self._wait_for_change(wait, fp)
                     continue
             client = DentallyClient(self.cfg.url, key, timeout=self.cfg.timeout,
-                                    budget=self.budget)
+                                    pacer=self.pacer)
             delay = 0.0
             try:
                 await client.user(probe=True)
@@ -245,6 +238,8 @@ class PracticeRunner:
                 await self._key_ok(fp, client)
                 log.info("key ok; polling %s", ", ".join(self.cfg.resources),
                          extra=self._extra)
+                if self.plan.stretched:
+                    log.warning("%s", self.plan.message(), extra=self._extra)
                 self.auth_failure = None
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._keepalive, client, tg.cancel_scope)
@@ -287,16 +282,9 @@ class PracticeRunner:
                 except DentallyError as exc:
                     log.warning("keep-alive request failed: %s", exc, extra=self._extra)
             if client.last_success is not None and client.last_success != recorded:
-                b = self.budget
                 with contextlib.suppress(RedisError):
-                    await self._set_key_state(
-                        last_success_at=str(client.last_success),
-                        budget_used=str(b.used), budget_share=str(b.share),
-                        budget_window=str(b.window),
-                        server_remaining="" if client.rate.remaining is None
-                        else str(client.rate.remaining),
-                        server_reset="" if client.rate.reset_at is None
-                        else str(client.rate.reset_at))
+                    await self._set_key_state(last_success_at=str(client.last_success),
+                                              **self.pacer.snapshot())
                     recorded = client.last_success
             wait = keepalive_wait(client.last_success, self._wall(),
                                   self.cfg.keepalive_interval)
@@ -313,15 +301,18 @@ class PracticeRunner:
         extra: dict[str, Any] = {"practice": self.cfg.name, "resource": name}
         poller = ResourcePoller(self.store, client, self.cfg.name, resource,
                                 policy_for(self.cfg), initial_sync=self.cfg.initial_sync)
-        interval = self.cfg.interval(name)
+        interval = effective_interval(self.plan, self.cfg, name)
+        with contextlib.suppress(RedisError):
+            await self.store.note(self.cfg.name, name, interval=str(interval),
+                                  interval_configured=str(self.cfg.interval(name)))
         attempt = 0
         next_sweep = await self._first_sweep(name)
         beat = f"{self.cfg.name}/{name}"
         # A page, or a wait for the rate budget (beating every 10 s), must come
         # within this long, or the loop is wedged.
         page_within = 2 * self.cfg.timeout + 10.0
-        client.heartbeat = lambda: self.health.beat(beat, self._wall(), page_within)
-        poller.heartbeat = client.heartbeat
+        poller.heartbeat = lambda: self.health.beat(beat, self._wall(), page_within)
+        HEARTBEAT.set(poller.heartbeat)   # this task's waits for the rate budget
         if self.metrics is not None:
             poller.on_events = self._count_events
         try:
