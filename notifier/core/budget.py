@@ -12,8 +12,9 @@ a second per key. The daemon's own ``share`` of the hourly budget is configured.
 **The rules** (``Budget.earliest`` applies all of them; the first that binds is ``state``):
 
 1. *The share is a hard cap over any window:* at most ``share`` requests in any span of
-   ``window`` seconds (a sliding log of send times, so no alignment is assumed), every
-   request counted: steady polls, backfills, sweeps, key checks, retried refusals.
+   ``window`` seconds (a sliding log of send times, so no alignment is assumed, over the
+   window plus :data:`CAP_MARGIN` for arrival jitter), every request counted: steady
+   polls, backfills, sweeps, key checks, retried refusals.
 2. *Spread evenly:* requests conform to a cell rate of one per ``window / share`` seconds
    with at most :data:`SPREAD_BURST` back to back after a quiet spell (GCRA), so any span
    of ``s`` seconds carries at most ``s * share / window + SPREAD_BURST`` requests.
@@ -48,6 +49,10 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
+
+CAP_MARGIN = 0.25
+"""Seconds added to the window when counting the share (rule 1): requests sent a window
+apart can arrive closer together than that, and the server counts arrivals."""
 
 SPREAD_BURST = 2
 """Requests that may go back to back after a quiet spell (rule 2). With a share of 60 a
@@ -87,6 +92,10 @@ PACE_RECOVERY = 60.0
 
 MIN_RATE = 0.2
 """The slowest pace 429s can bring us to: one request every 5 s."""
+
+BULK_PATIENCE = 5
+"""Slots (see ``Budget.slot_seconds``) a bulk request waits behind steady polls before it
+goes in their turn: steady polls come first, but can never starve a backfill."""
 
 
 class Priority(IntEnum):
@@ -192,12 +201,18 @@ class Budget:
         return self.window / self.share
 
     @property
+    def slot_seconds(self) -> float:
+        """Seconds between requests at the pace now: the slower of the spread and the
+        requests-per-second pace."""
+        return max(self.interval, 1.0 / self.rate)
+
+    @property
     def reserve(self) -> int:
         """Requests left to the key's other integrations (rule 4)."""
         return 0 if self.server_limit is None else int(self.server_limit * RESERVE_FRACTION)
 
     def used(self, now: float) -> int:
-        """Requests sent in the last ``window`` seconds."""
+        """Requests sent in the last ``window`` (+ ``CAP_MARGIN``) seconds."""
         self._prune(now)
         return len(self.log)
 
@@ -218,7 +233,7 @@ class Budget:
             else:
                 later(self.server_seen + UNKNOWN_RESET_PROBE, State.RESERVE)
         if len(self.log) >= self.share:
-            later(self.log[-self.share] + self.window, State.SHARE_SPENT)
+            later(self.log[-self.share] + self.window + CAP_MARGIN, State.SHARE_SPENT)
         later(self.tat - (SPREAD_BURST - 1) * self.interval, State.PACED)
         if self.last_sent is not None:
             later(self.last_sent + 1.0 / self.rate, State.PACED)
@@ -272,7 +287,7 @@ class Budget:
 
     # -- internals -----------------------------------------------------------------------
     def _prune(self, now: float) -> None:
-        while self.log and self.log[0] <= now - self.window:
+        while self.log and self.log[0] <= now - self.window - CAP_MARGIN:
             self.log.popleft()
 
     def _refresh(self, now: float) -> None:
@@ -336,6 +351,8 @@ class Plan:
     need_per_hour: float
     """Requests an hour the configured intervals need (one per poll)."""
     share_per_hour: int
+    per_second: float | None = None
+    """The pace, when it allows fewer requests an hour than the share."""
 
     @property
     def stretched(self) -> bool:
@@ -352,8 +369,12 @@ class Plan:
         after = _groups(changed)
         if len(changed) == len(self.polls) and len({v for _, v in changed}) == 1:
             after = f"every {_secs(changed[0][1])}"
-        return (f"{before} need {round(self.need_per_hour):,} requests/h; the share is "
-                f"{self.share_per_hour:,}; polling {after} instead")
+        limit = f"the share is {self.share_per_hour:,}"
+        if self.per_second is not None:
+            limit = (f"the pace of {self.per_second:g} requests/s allows "
+                     f"{round(self.per_second * 3600):,}")
+        return (f"{before} need {round(self.need_per_hour):,} requests/h; {limit}; "
+                f"polling {after} instead")
 
 
 def _secs(seconds: float) -> str:
@@ -375,12 +396,14 @@ def _round_up(seconds: float) -> float:
     return math.ceil(seconds * 100 - 1e-6) / 100
 
 
-def plan(polls: Sequence[Poll], share_per_hour: int,
+def plan(polls: Sequence[Poll], share_per_hour: int, per_second: float | None = None,
          steady_share: float = STEADY_SHARE) -> Plan:
     """The effective interval of every poll so that together they need at most
-    ``steady_share`` of the share (one request a poll); unchanged when they fit."""
+    ``steady_share`` of the share, or of what the pace of ``per_second`` allows, whichever
+    is less (one request a poll); unchanged when they fit."""
     need = sum(3600.0 / p.interval for p in polls)
-    capacity = share_per_hour * steady_share
+    paced = per_second is not None and per_second * 3600 < share_per_hour
+    capacity = (per_second * 3600 if paced and per_second else share_per_hour) * steady_share
     effective = {p.name: p.interval for p in polls}
     if polls and need > capacity:
         def need_at(level: float) -> float:
@@ -393,4 +416,5 @@ def plan(polls: Sequence[Poll], share_per_hour: int,
             lo, hi = (mid, hi) if need_at(mid) > capacity else (lo, mid)
         effective = {p.name: _round_up(max(p.interval, hi * p.weight)) if
                      hi * p.weight > p.interval else p.interval for p in polls}
-    return Plan(tuple(polls), effective, need, share_per_hour)
+    return Plan(tuple(polls), effective, need, share_per_hour,
+                per_second if paced else None)

@@ -140,22 +140,21 @@ class DentallyClient:
 
     def _observe(self, response: httpx.Response) -> Answer:
         """Feed the server clock from ``Date``; read what the response says of the budget,
-        its reset converted to our clock by the response's own ``Date`` (both whole
-        seconds of the server's clock: the result is late by under a second, never
-        early)."""
+        its reset converted to our clock by the server clock's estimate (a lower bound of
+        the server's time: the converted reset is late, never early)."""
         now = self._wall()
         date = response.headers.get("date")
-        date_s: float | None = None
         if date:
             try:
-                date_s = parsedate_to_datetime(date).timestamp()
-                self.clock.observe(int(date_s * 1000), self._mono())
+                ms = int(parsedate_to_datetime(date).timestamp() * 1000)
+                self.clock.observe(ms, self._mono())
             except (TypeError, ValueError):
-                date_s = None
+                pass
         h = response.headers
         reset = _int_header(h, "x-ratelimit-reset")
+        server_ms = self.clock.now(self._mono())
         reset_at = None if reset is None else (
-            now + (reset - date_s) if date_s is not None else float(reset))
+            now + reset - server_ms / 1000 if server_ms is not None else float(reset))
         if "x-ratelimit-remaining" in h:
             self.rate = RateState(_int_header(h, "x-ratelimit-limit"),
                                   _int_header(h, "x-ratelimit-remaining"), reset_at)

@@ -13,7 +13,6 @@ progress, not a wedge.
 
 from __future__ import annotations
 
-import heapq
 import itertools
 import logging
 import time
@@ -23,7 +22,16 @@ from typing import Any
 
 import anyio
 
-from notifier.core.budget import Action, Answer, Budget, Priority, Refusal, State, classify
+from notifier.core.budget import (
+    BULK_PATIENCE,
+    Action,
+    Answer,
+    Budget,
+    Priority,
+    Refusal,
+    State,
+    classify,
+)
 
 log = logging.getLogger("notifier.budget")
 
@@ -38,7 +46,7 @@ class Pacer:
         self.budget = budget
         self._wall = wall
         self._extra = extra or {}
-        self._queue: list[tuple[int, int]] = []
+        self._queue: list[tuple[int, int, float]] = []   # (priority, order, since)
         self._seq = itertools.count()
         self._changed = anyio.Event()
 
@@ -46,23 +54,37 @@ class Pacer:
         self._changed.set()
         self._changed = anyio.Event()
 
+    def _head(self, now: float) -> tuple[int, int, float]:
+        """The request to go next: by priority, then first come; a bulk request that
+        has waited :data:`~notifier.core.budget.BULK_PATIENCE` slots goes as a steady one
+        (steady polls that need more than the pace cannot starve a backfill)."""
+        patience = BULK_PATIENCE * self.budget.slot_seconds
+        return min(self._queue, key=lambda e: (
+            Priority.STEADY if e[0] == Priority.BULK and now - e[2] > patience else e[0],
+            e[1]))
+
     async def slot(self, priority: Priority) -> float:
         """Wait for this request's turn and the budget; count it as sent. Returns the
         send time (for :meth:`answered`)."""
-        entry = (int(priority), next(self._seq))
-        heapq.heappush(self._queue, entry)
+        entry = (int(priority), next(self._seq), self._wall())
+        self._queue.append(entry)
         self._notify()   # a more urgent request may now be first
         try:
             while True:
                 changed = self._changed
                 now = self._wall()
-                if self._queue[0] == entry:
+                if self._head(now) == entry:
                     at, _ = self.budget.earliest(now)
                     if at <= now:
-                        heapq.heappop(self._queue)
+                        self._queue.remove(entry)
                         self.budget.sent(now)
                         return now
                     wait = at - now
+                elif priority == Priority.BULK:
+                    # Wake when patience turns this request into a steady one: no event
+                    # says so.
+                    promoted = entry[2] + BULK_PATIENCE * self.budget.slot_seconds
+                    wait = max(0.001, promoted - now + 0.001)
                 else:
                     wait = BEAT_EVERY
                 with anyio.move_on_after(min(wait, BEAT_EVERY)):
@@ -73,7 +95,6 @@ class Pacer:
         finally:
             if entry in self._queue:
                 self._queue.remove(entry)
-                heapq.heapify(self._queue)
             self._notify()
 
     def answered(self, sent_at: float, answer: Answer) -> Action:

@@ -22,7 +22,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-HOURLY_BODY: dict[str, Any] = {"error": {"type": "invalid_access_error", "message": "Rate limit exceeded"}}
+HOURLY_BODY: dict[str, Any] = {
+    "error": {"type": "invalid_access_error", "message": "Rate limit exceeded"}}
 BURST_BODY: dict[str, Any] = {"error": {"type": "rate_limited", "message": "Too many requests"}}
 
 

@@ -41,7 +41,7 @@ def plan_for(cfgs: PracticeConfig | Sequence[PracticeConfig]) -> budget.Plan:
                          resources.get(name).interval / shortest)
              for c in group for name in c.resources]
     share = min(c.max_requests_per_hour for c in group)
-    return budget.plan(polls, share)
+    return budget.plan(polls, share, min(c.max_requests_per_second for c in group))
 
 
 def effective_interval(plan: budget.Plan, cfg: PracticeConfig, resource: str) -> float:
