@@ -146,17 +146,18 @@ def classify(answer: Answer) -> Refusal:
     """Whether a response is a rate refusal, and of which limit.
 
     The reported body of the hourly cap (403 ``invalid_access_error`` "Rate limit
-    exceeded") is rate limiting, never a scope denial or a revocation; so is a 403 without
-    an error message when the server says nothing remains. Any other 403 is a scope denial.
+    exceeded") is rate limiting, never a scope denial or a revocation; so is any 403 when
+    the server says nothing remains. Any other 403 is a scope denial.
     """
     message = answer.error_message.lower()
     if answer.status == 429:
         return Refusal.HOURLY if answer.remaining == 0 else Refusal.BURST
-    if answer.status == 403:
-        if "rate limit" in message or "too many requests" in message:
-            return Refusal.HOURLY
-        if not message and answer.remaining == 0:
-            return Refusal.HOURLY
+    if answer.status == 403 and ("rate limit" in message or "too many requests" in message
+                                 or answer.remaining == 0):
+        # At zero remaining, a scope denial is taken for the cap: waiting for the reset
+        # costs one request; taking the cap for a missing scope would alarm a person and
+        # stop the resource for a day.
+        return Refusal.HOURLY
     return Refusal.NONE
 
 
@@ -272,7 +273,8 @@ class Budget:
                 self.rate = max(MIN_RATE, self.rate * PACE_DECREASE)
                 self.last_decrease = self.last_change = now
             return Action.RETRY
-        self.server_remaining = 0
+        # Nothing left until the reset, if one is known; else rule 5 alone decides.
+        self.server_remaining = 0 if self.server_reset is not None else None
         if answer.retry_after is not None:
             until = now + answer.retry_after
         elif self.server_reset is not None and self.server_reset > now:
