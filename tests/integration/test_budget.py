@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -158,6 +159,12 @@ async def check_spread(redis: Redis, ns: Namespace, control: SandboxControl,
     await run_with_changes(redis, ns, control, names, run_for, stretched,
                            within=2 * stretched + 2 * window / share + 1.0)
     times = [t for t, _ in await our_requests(control, sandbox.key or "")]
+    # Said at start and shown by status: the effective interval of each resource.
+    assert "polling every" in daemon.log.read_text()
+    done = await anyio.run_process([sys.executable, "-m", "notifier", "status", "--config",
+                                    str(daemon.config)], check=False)
+    text = done.stdout.decode()
+    assert text.count(f"every {stretched:g} s (configured {window / 120:g} s") == 3, text
     assert most_in_any_span(times, window / 6) <= math.ceil(share / 6) + 2, times
     assert most_in_any_span(times, window) <= share, times
     assert len(times) >= share * (run_for / window) * 0.7   # and the share is used
