@@ -156,8 +156,8 @@ async def check_spread(redis: Redis, ns: Namespace, control: SandboxControl,
                     for n in names])
     await wait_until(synced, 30, "the first sync")
     stretched = window * len(names) / share   # the interval the share allows
-    await run_with_changes(redis, ns, control, names, run_for, stretched,
-                           within=2 * stretched + 2 * window / share + 1.0)
+    lags = await run_with_changes(redis, ns, control, names, run_for, stretched,
+                                  within=2 * stretched + 2 * window / share + 1.0)
     times = [t for t, _ in await our_requests(control, sandbox.key or "")]
     # Said at start and shown by status: the effective interval of each resource.
     assert "polling every" in daemon.log.read_text()
@@ -168,6 +168,10 @@ async def check_spread(redis: Redis, ns: Namespace, control: SandboxControl,
     assert most_in_any_span(times, window / 6) <= math.ceil(share / 6) + 2, times
     assert most_in_any_span(times, window) <= share, times
     assert len(times) >= share * (run_for / window) * 0.7   # and the share is used
+    print(f"FIGURES spread window={window} share={share}: {len(times)} requests in "
+          f"{times[-1] - times[0]:.1f}s, most in any {window / 6:g}s: "
+          f"{most_in_any_span(times, window / 6)}, in any {window:g}s: "
+          f"{most_in_any_span(times, window)}; {len(lags)} changes, max lag {max(lags):.2f}s")
 
 
 async def test_steady_polls_are_capped_and_spread(
@@ -244,6 +248,10 @@ async def test_follows_the_servers_reset_when_others_leave_two_per_window(
         if reset >= started and after and reset + 2 < ours[-1][0]:
             late.append(after[0] - reset)
     assert late and max(late) < 1.0, late
+    print(f"FIGURES others leave 2: {len(ours)} requests, {len(refused)} refused in "
+          f"{elapsed:.1f}s (~{elapsed / server_window:.1f} windows); after a reset our next "
+          f"request in {min(late):.2f}-{max(late):.2f}s; {len(lags)} changes, lags "
+          f"{min(lags):.1f}-{max(lags):.1f}s")
 
 
 async def burst_backfill(redis: Redis, ns: Namespace, control: SandboxControl,
@@ -264,8 +272,12 @@ async def burst_backfill(redis: Redis, ns: Namespace, control: SandboxControl,
                    if e["type"].endswith(".created")]
         return len({(e["data"]["resource"], e["data"]["record_id"]) for e in created}) \
             == 1500
+    began = time.monotonic()
     await wait_until(all_arrived, 60, "all 1,500 records")
     statuses = [s for _, s in await our_requests(control, sandbox.key or "")]
+    print(f"FIGURES burst backfill {practice}: 1,500 records in "
+          f"{time.monotonic() - began:.1f}s, {len(statuses)} requests, "
+          f"{statuses.count(429)} answered 429")
     return statuses.count(429)
 
 
