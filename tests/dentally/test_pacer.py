@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import anyio
+import httpx
 
 from notifier.core.budget import Budget, Priority
+from notifier.dentally.client import DentallyClient
 from notifier.dentally.pacer import HEARTBEAT, Pacer
 
 
@@ -69,3 +72,26 @@ async def test_waiting_beats_the_heart_and_cancelling_leaves_no_trace() -> None:
     began = time.monotonic()
     await waiter()
     assert time.monotonic() - began >= 0.15 and beats   # until the cap, 0.2 s on
+
+
+async def test_one_pacer_serves_every_client_of_a_key() -> None:
+    """Two practices with one key: one budget, one pace, whoever asks."""
+    budget = Budget(share=100_000, window=3600, max_rate=40)   # 25 ms apart
+    pacer = Pacer(budget)
+    sent: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(time.monotonic())
+        return httpx.Response(200, json={"user": {"id": 1}})
+
+    clients = [DentallyClient("https://api.example.test", "k", pacer=pacer,
+                              transport=httpx.MockTransport(handler)) for _ in range(2)]
+    async with anyio.create_task_group() as tg:
+        for c in clients:
+            for _ in range(8):
+                tg.start_soon(c.user)
+    gaps = [b - a for a, b in itertools.pairwise(sorted(sent))]
+    assert len(sent) == 16 and min(gaps) >= 0.02, gaps
+    assert budget.used(time.time()) == 16
+    for c in clients:
+        await c.aclose()
