@@ -3,6 +3,7 @@
     NotifierError
     ├── ConfigError              the configuration is invalid (exit code 2)
     ├── StoreError               Redis is unreachable or holds something we cannot use
+    │   └── LeaseLost            a commit was refused: this writer no longer holds the lease
     ├── UnsafeURL                a webhook URL resolves to a private or loopback address
     └── DentallyError            a request to the Dentally API did not give us data
         ├── AuthError            401: the key is invalid, revoked or expired
@@ -25,6 +26,7 @@ __all__ = [
     "BadRequest",
     "ConfigError",
     "DentallyError",
+    "LeaseLost",
     "MalformedResponse",
     "NotFound",
     "NotifierError",
@@ -47,6 +49,11 @@ class ConfigError(NotifierError):
 
 class StoreError(NotifierError):
     """Redis cannot be used (unreachable, wrong type at a key, lost state)."""
+
+
+class LeaseLost(StoreError):
+    """A commit was refused because the practice's lease (its fencing token) is no longer
+    the committing writer's: it expired, or another runner took the practice over."""
 
 
 class UnsafeURL(NotifierError):

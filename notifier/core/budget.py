@@ -153,7 +153,9 @@ def classify(answer: Answer) -> Refusal:
     if answer.status == 429:
         return Refusal.HOURLY if answer.remaining == 0 else Refusal.BURST
     if answer.status == 403 and ("rate limit" in message or "too many requests" in message
-                                 or answer.remaining == 0):
+                                 or answer.remaining == 0
+                                 or (answer.error_type == "invalid_access_error"
+                                     and "limit" in message)):
         # At zero remaining, a scope denial is taken for the cap: waiting for the reset
         # costs one request; taking the cap for a missing scope would alarm a person and
         # stop the resource for a day.

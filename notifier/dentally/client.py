@@ -1,7 +1,8 @@
 """A thin httpx adapter for the Dentally API: headers, pages, and errors as one tree.
 
-It makes exactly one request per call and decides nothing about retrying: the poller
-does, from the exception type. Every response's ``Date`` feeds the server clock and its
+It decides nothing about retrying, except that a rate refusal is sent again once the
+key's pacer allows (see :mod:`notifier.dentally.pacer`); the poller decides the rest, from
+the exception type. Every response's ``Date`` feeds the server clock and its
 ``x-ratelimit-*`` headers the rate state. The key only ever travels in the Authorization
 header; no message built here contains it.
 """
@@ -14,15 +15,18 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 
+import anyio
 import httpx
 
 from notifier import __version__
 from notifier.core.budget import Action, Answer, Priority, Refusal, classify
 from notifier.core.clock import ServerClock
+from notifier.core.keylife import Outcome
+from notifier.core.keylife import classify as classify_outcome
 from notifier.core.resources import Resource
 from notifier.core.retry import parse_retry_after
 from notifier.core.timefmt import format_ms
-from notifier.dentally.pacer import Pacer
+from notifier.dentally.pacer import HEARTBEAT, Pacer
 from notifier.errors import (
     AuthError,
     BadRequest,
@@ -36,6 +40,14 @@ from notifier.errors import (
 )
 
 USER_AGENT = f"dentally-notifier/{__version__} (+https://pypi.org/project/dentally-notifier/)"
+
+Gate = Callable[[bool], "float | None"]
+"""Asked before each request with ``probe``: None refuses it (the key was rejected: only
+probes go out), else the seconds it must wait."""
+
+Observer = Callable[[Outcome, bool, "str | None", "float | None", str], None]
+"""Told every response's class: (outcome, probe, resource, reset_at, reason). A rate
+refusal that the pacer sends again is the budget's business and is not told."""
 
 
 @dataclass(frozen=True)
@@ -73,8 +85,10 @@ class DentallyClient:
         self.requests = 0
         self.last_success: float | None = None
         """Unix time of the last 2xx: what keeps the key alive."""
-        self.rejected = False
-        """Set by a 401: no further request is made with this key except ``probe`` ones."""
+        self.gate: Gate | None = None
+        """The key's lifecycle decides what may be sent (core.keylife); without one, the
+        client sends whatever it is asked to."""
+        self.observer: Observer | None = None
         self.pacer = pacer
         """The key's rate budget (shared by every client of the key); None: unpaced, and a
         rate refusal raises RateLimited at once."""
@@ -100,28 +114,43 @@ class DentallyClient:
         """The server's time in ms, estimated from the last ``Date`` header."""
         return self.clock.now(self._mono())
 
+    async def _admit(self, what: str, probe: bool) -> None:
+        """The gate's word: refuse (a rejected key, no retry storm) or wait."""
+        while self.gate is not None:
+            wait = self.gate(probe)
+            if wait is None:
+                raise AuthError(f"{what}: not sent, the key was rejected")
+            if wait <= 0:
+                return
+            beat = HEARTBEAT.get()
+            if beat is not None:
+                beat()
+            await anyio.sleep(min(wait, 10.0))
+
     async def get(self, path: str, params: dict[str, str] | None = None, *,
-                  probe: bool = False, bulk: bool = False) -> Any:
+                  probe: bool = False, bulk: bool = False, resource: str | None = None
+                  ) -> Any:
         """GET ``/v1{path}`` and return its JSON body, or raise a DentallyError.
 
-        After a 401 every call fails at once without a request (no retry storm on a dead
-        key) unless it is a ``probe``. With a pacer, a rate refusal (429, or the hourly
-        cap's 403) is not an error: the same request is sent again when the budget allows,
-        so a caller reading a window keeps its place in it.
+        The gate (the key's lifecycle) may refuse the call without a request: after a
+        401 nothing but a ``probe`` goes out. With a pacer, a rate refusal (429, or the
+        hourly cap's 403) is not an error: the same request is sent again when the
+        budget allows, so a caller reading a window keeps its place in it.
         """
         what = f"GET {path}"
         priority = (Priority.KEY if path == "/user" else
                     Priority.BULK if bulk else Priority.STEADY)
         while True:
-            if self.rejected and not probe:
-                raise AuthError(f"{what}: not sent, the key was rejected")
+            await self._admit(what, probe)
             sent_at = await self.pacer.slot(priority) if self.pacer is not None else 0.0
             self.requests += 1
             try:
                 response = await self._http.get("/v1" + path, params=params)
             except httpx.TimeoutException:
+                self._tell(Outcome.FAILED, probe, resource, None, "timed out")
                 raise TransientError(f"{what}: timed out") from None
             except httpx.TransportError as exc:
+                self._tell(Outcome.FAILED, probe, resource, None, type(exc).__name__)
                 raise TransientError(f"{what}: {type(exc).__name__}") from None
             answer = self._observe(response)
             if self.pacer is not None and \
@@ -130,13 +159,23 @@ class DentallyClient:
             status = response.status_code
             if 200 <= status < 300:
                 self.last_success = self._wall()
-                self.rejected = False
+                self._tell(Outcome.OK, probe, resource, None, "")
                 try:
                     return response.json()
                 except ValueError:
                     raise MalformedResponse(f"{what}: {status} body is not JSON",
                                             status=status) from None
-            raise self._error(what, response, answer)
+            error = self._error(what, response, answer)
+            outcome = {AuthError: Outcome.UNAUTHORIZED, RateLimited: Outcome.RATE_LIMITED,
+                       ScopeError: Outcome.FORBIDDEN}.get(type(error), Outcome.FAILED)
+            self._tell(outcome, probe, resource, getattr(error, "reset_at", None),
+                       str(error))
+            raise error
+
+    def _tell(self, outcome: Outcome, probe: bool, resource: str | None,
+              reset_at: float | None, reason: str) -> None:
+        if self.observer is not None:
+            self.observer(outcome, probe, resource, reset_at, reason)
 
     def _observe(self, response: httpx.Response) -> Answer:
         """Feed the server clock from ``Date``; read what the response says of the budget,
@@ -168,10 +207,10 @@ class DentallyClient:
         status = response.status_code
         detail = answer.error_message[:200]
         message = f"{what}: {status}" + (f" {detail}" if detail else "")
-        if status == 401:
-            self.rejected = True
+        outcome = classify_outcome(status, answer.error_type, detail, answer.remaining)
+        if outcome is Outcome.UNAUTHORIZED:
             return AuthError(message, status=status)
-        if classify(answer) is not Refusal.NONE:
+        if outcome is Outcome.RATE_LIMITED or classify(answer) is not Refusal.NONE:
             wait = answer.retry_after
             reset = self._wall() + wait if wait is not None else answer.reset_at
             return RateLimited(message, status=status, reset_at=reset)
@@ -203,12 +242,12 @@ class DentallyClient:
         if dated_after is not None:
             params["dated_after"] = dated_after
         path = f"/{resource.name}"
-        body = await self.get(path, params, bulk=bulk)
+        body = await self.get(path, params, bulk=bulk, resource=resource.name)
         return parse_page(resource.name, body, f"GET {path} page {page}")
 
     async def fetch(self, resource: Resource, record_id: str) -> dict[str, Any]:
         path = f"/{resource.name}/{record_id}"
-        body = await self.get(path, bulk=True)
+        body = await self.get(path, bulk=True, resource=resource.name)
         if not isinstance(body, dict) or not isinstance(body.get(resource.singular), dict):
             raise MalformedResponse(f"GET {path}: no {resource.singular!r} object in the body")
         return dict(body[resource.singular])

@@ -48,11 +48,17 @@ class Pacer:
         self._extra = extra or {}
         self._queue: list[tuple[int, int, float]] = []   # (priority, order, since)
         self._seq = itertools.count()
-        self._changed = anyio.Event()
+        self._changed: anyio.Event | None = None   # made in the event loop, when needed
+
+    def _event(self) -> anyio.Event:
+        if self._changed is None:
+            self._changed = anyio.Event()
+        return self._changed
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = anyio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def _head(self, now: float) -> tuple[int, int, float]:
         """The request to go next: by priority, then first come; a bulk request that
@@ -71,7 +77,7 @@ class Pacer:
         self._notify()   # a more urgent request may now be first
         try:
             while True:
-                changed = self._changed
+                changed = self._event()
                 now = self._wall()
                 if self._head(now) == entry:
                     at, _ = self.budget.earliest(now)

@@ -20,11 +20,11 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
-HOURLY_BODY: dict[str, Any] = {
+HOURLY_BODY: dict[str, object] = {
     "error": {"type": "invalid_access_error", "message": "Rate limit exceeded"}}
-BURST_BODY: dict[str, Any] = {"error": {"type": "rate_limited", "message": "Too many requests"}}
+BURST_BODY: dict[str, object] = {
+    "error": {"type": "rate_limited", "message": "Too many requests"}}
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class Verdict:
     status: int
     """200 when allowed; else 403 or 429."""
     headers: dict[str, str]
-    body: dict[str, Any] | None = None
+    body: dict[str, object] | None = None
 
 
 @dataclass

@@ -147,7 +147,6 @@ async def test_the_hourly_caps_403_body_is_rate_limiting(headers: dict[str, str]
     c = client(lambda r: reply(403, HOURLY, **headers))
     with pytest.raises(RateLimited):
         await c.get("/patients")
-    assert not c.rejected
 
 
 async def test_with_a_pacer_rate_refusals_are_sent_again_not_raised() -> None:
@@ -167,3 +166,33 @@ async def test_with_a_pacer_rate_refusals_are_sent_again_not_raised() -> None:
     assert page.rows == [{"id": 1}] and seen == ["3", "3", "3"]
     assert budget.refusals == {"burst": 1, "hourly": 1} and budget.rate == 50
     assert budget.used(time.time()) == 3   # every attempt counts against the share
+
+
+async def test_the_hourly_cap_403_body_is_a_rate_limit_whatever_the_headers_say() -> None:
+    """Reported: the hourly cap answers 403 with this body and no Retry-After. Even with a
+    stale ``x-ratelimit-remaining`` above zero it must never read as a missing scope (or,
+    through the lifecycle, as a revocation)."""
+    from notifier.core.keylife import Outcome
+
+    told: list[Outcome] = []
+    c = client(lambda r: reply(403, {"error": {"type": "invalid_access_error",
+                                               "message": "Rate limit exceeded"}},
+                               **{"x-ratelimit-remaining": "12",
+                                  "x-ratelimit-reset": "1795795200"}),
+               wall=lambda: 1_795_791_600.0)
+    c.observer = lambda outcome, *_: told.append(outcome)
+    with pytest.raises(RateLimited) as info:
+        await c.page(resources.get("patients"), page=1, per_page=100)
+    assert info.value.reset_at == pytest.approx(1_795_795_200.0, abs=0.05)
+    assert told == [Outcome.RATE_LIMITED]
+
+
+async def test_the_gate_refuses_all_but_probes_without_a_request() -> None:
+    sent: list[httpx.Request] = []
+    c = client(lambda r: sent.append(r) or reply(200, {"user": {"id": 1}}))
+    c.gate = lambda probe: 0.0 if probe else None
+    with pytest.raises(AuthError, match="not sent"):
+        await c.get("/patients")
+    assert sent == []
+    await c.user(probe=True)
+    assert len(sent) == 1
