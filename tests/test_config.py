@@ -154,3 +154,13 @@ def test_subscriber_url_needs_a_host(tmp_path: Path, monkeypatch: pytest.MonkeyP
     text = MINIMAL.replace('url = "https://crm.example.com/hooks/dentally"', 'url = "https://"')
     with pytest.raises(ConfigError, match=r"subscribers\[0\] \(crm\)\.url"):
         config.load(write(tmp_path, text))
+
+
+def test_max_delete_fraction_defaults_and_is_bounded(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_DENTALLY_KEY", "k1")
+    assert config.load(write(tmp_path, MINIMAL)).practices[0].max_delete_fraction == 0.2
+    patched = MINIMAL.replace("poll_interval = 60", "poll_interval = 60\nmax_delete_fraction = 1.5")
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, patched))
+    assert "practices[0] (main).max_delete_fraction" in str(info.value)
