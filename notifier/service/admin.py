@@ -86,7 +86,7 @@ async def redeliver(settings: Settings, name: str, out: TextIO, *, event_id: str
             attempt = await sender.send(eid, payload)
             ok = attempt.status is not None and 200 <= attempt.status < 300
             if ok and dead_entry is not None:
-                await redis.xdel(db.k_dead, dead_entry)
+                await db.forget_dead(dead_entry)
             if entry is not None:
                 if ok:
                     await db.redelivered(entry)

@@ -280,6 +280,10 @@ class DeliveryStore:
             due, _ = await p.execute()
         return None if due is None else float(due)
 
+    async def forget_dead(self, dead_entry: str) -> None:
+        """A dead letter was redelivered: it leaves the dead letters."""
+        await self.redis.xdel(self.k_dead, dead_entry)
+
     async def redelivered(self, entry_id: str) -> None:
         """A redelivery succeeded: the event needs no further attempt."""
         async with self.redis.pipeline(transaction=True) as p:
