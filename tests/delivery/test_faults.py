@@ -155,6 +155,21 @@ async def test_trimmed_pending_entries_are_never_sent_and_counted_lost_once(
     assert await store.redis.zcard(store.keys.sub("crm", "retry")) == 0
     lines = [r for r in caplog.records if "trimmed" in r.getMessage()]
     assert len(lines) == 1 and "150 events" in lines[0].getMessage()
+    # ... and `status` says so.
+    from io import StringIO
+
+    from notifier import config
+    from notifier.service import status
+
+    settings = config.parse({
+        "redis": {"url": "redis://127.0.0.1:6379/0", "prefix": store.keys.prefix,
+                  "stream": store.stream},
+        "subscribers": [{"name": "crm", "url": "https://crm.example.com/h", "secret": SECRET}]})
+    data = await status.collect(settings, store.redis, time.time())
+    assert data["subscribers"][0]["lost"] == 150
+    out = StringIO()
+    status.render(data, out)
+    assert "150 events lost: trimmed from the stream before delivery" in out.getvalue()
 
 
 async def test_dead_letter_is_written_once_when_its_reply_is_lost(
