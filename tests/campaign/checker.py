@@ -308,8 +308,15 @@ def check_deliveries(ev: Evidence, limits: Limits) -> list[Violation]:
                                      "delivered an event the stream does not hold", r.at))
             if r.success:
                 ok[r.webhook_id].append(r)
+        # A subscriber never gets the notice of its own disabling (it is disabled when the
+        # notice is published, and skips it when enabled again).
+        own = {str(e["id"]) for e in ev.events if e["type"] == "notifier.subscriber.disabled"
+               and (e.get("data") or {}).get("subscriber") == sub.name}
+        for eid in own & set(ok):
+            out.append(Violation("own-notice", f"{sub.name} {eid}",
+                                 "received the notice of its own disabling"))
         for eid, etype in types.items():
-            if wanted(etype) and not ok.get(eid):
+            if wanted(etype) and not ok.get(eid) and eid not in own:
                 tries = sum(1 for r in sub.receipts if r.webhook_id == eid)
                 out.append(Violation("undelivered", f"{sub.name} {eid}",
                                      f"{etype} never acknowledged ({tries} attempts)"))
