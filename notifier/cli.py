@@ -11,9 +11,17 @@ Exit codes (also in the README):
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
+
+if sys.argv[1:2] == ["run"]:
+    # Before the heavy imports: a SIGHUP or SIGTERM during start-up is acted on once the
+    # daemon listens, instead of killing it (see notifier.ops.early_signals).
+    from notifier.ops import early_signals
+    early_signals.install()
+
+import argparse
+import contextlib
+import logging
 from collections.abc import Sequence
 from functools import partial
 
@@ -100,6 +108,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
+            from notifier.ops import early_signals
+            with contextlib.suppress(ValueError):   # (not in the main thread: no signals)
+                early_signals.install()   # again, when main() is called with its own argv
             settings = _load(args.config)
             from notifier.ops import logging as logsetup
             logsetup.setup(settings.log.format, settings.log.level)

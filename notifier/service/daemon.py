@@ -21,6 +21,7 @@ from notifier import config
 from notifier.config import PracticeConfig, Settings, SubscriberConfig
 from notifier.core.health import Health
 from notifier.errors import ConfigError, StoreError
+from notifier.ops import early_signals
 from notifier.ops.http import bind, serve_app
 from notifier.ops.metrics import Metrics
 from notifier.ops.metrics import app as metrics_app
@@ -194,18 +195,29 @@ class Daemon:
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
         signals_ = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-        with anyio.open_signal_receiver(*signals_) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    self.notify.reloading()
-                    await self.reload()
-                    self.notify.ready(await status_line(self.store, self.runners,
-                                                        self.workers))
-                    continue
-                log.info("received %s; stopping", signal.Signals(signum).name)
-                self.notify.stopping()
-                scope.cancel()
-                return
+        try:
+            with anyio.open_signal_receiver(*signals_) as signals:
+                # Signals that came during start-up (notifier.ops.early_signals) first.
+                for signum in early_signals.take():
+                    if not await self._on_signal(signum, scope):
+                        return
+                async for signum in signals:
+                    if not await self._on_signal(signum, scope):
+                        return
+        finally:
+            early_signals.install()   # a signal during the rest of the shutdown is moot
+
+    async def _on_signal(self, signum: int, scope: anyio.CancelScope) -> bool:
+        """Act on one signal; False once it stops the daemon."""
+        if signum == signal.SIGHUP:
+            self.notify.reloading()
+            await self.reload()
+            self.notify.ready(await status_line(self.store, self.runners, self.workers))
+            return True
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        self.notify.stopping()
+        scope.cancel()
+        return False
 
     async def reload(self) -> None:
         """SIGHUP: re-read the config and keys; apply what changed, keep what did not.
