@@ -12,7 +12,9 @@ Exit codes (also in the README):
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -20,7 +22,7 @@ from functools import partial
 import anyio
 
 from notifier import __version__, config
-from notifier.errors import ConfigError, StoreError
+from notifier.errors import ConfigError, StoreError, UsageError
 
 EXIT_OK, EXIT_BUG, EXIT_CONFIG, EXIT_CHECK, EXIT_REDIS = 0, 1, 2, 3, 4
 
@@ -79,9 +81,29 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(path_arg: str | None) -> config.Settings:
+def _load(path_arg: str | None, *, api_keys: bool = True,
+          webhook_secrets: bool = True) -> config.Settings:
     path = config.config_path(path_arg)
-    return config.load(path)
+    return config.load(path, api_keys=api_keys, webhook_secrets=webhook_secrets)
+
+
+# Commands that read Redis alone resolve no secret up front (`redeliver` reads its own
+# subscriber's secret when it signs): only `run` and `check` need the Dentally keys.
+_REDIS_ONLY = {"api_keys": False, "webhook_secrets": False}
+
+
+def _stdout_closed() -> int:
+    """The reader of our output went away (``status | head``): not an error. Point stdout
+    at /dev/null so that the interpreter's final flush does not complain either."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_OK
+
+
+def _only(group: BaseExceptionGroup, kind: type[BaseException]) -> bool:
+    rest = group.split(kind)[1]
+    return rest is None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -100,24 +122,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             from notifier.service import check
             return EXIT_OK if anyio.run(check.run, settings, sys.stdout) else EXIT_CHECK
         if args.command == "status":
-            settings = _load(args.config)
+            settings = _load(args.config, **_REDIS_ONLY)
             from notifier.service import status
             anyio.run(status.run, settings, sys.stdout, args.json)
             return EXIT_OK
         if args.command == "tail":
-            settings = _load(args.config)
+            settings = _load(args.config, **_REDIS_ONLY)
             from notifier.service import tail
             anyio.run(partial(tail.run, settings, sys.stdout, args.type, args.last,
                               follow=not args.no_follow))
             return EXIT_OK
         if args.command == "redeliver":
-            settings = _load(args.config)
+            settings = _load(args.config, **_REDIS_ONLY)  # signs with its own secret
             from notifier.service import admin
             ok = anyio.run(partial(admin.redeliver, settings, args.subscriber, sys.stdout,
                                    event_id=args.event_id, since=args.since))
             return EXIT_OK if ok else EXIT_CHECK
         if args.command == "subscriber":
-            settings = _load(args.config)
+            settings = _load(args.config, **_REDIS_ONLY)
             from notifier.service import admin
             anyio.run(admin.enable, settings, args.subscriber, sys.stdout)
             return EXIT_OK
@@ -135,6 +157,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         print(f"dentally-notifier: {exc}", file=sys.stderr)
         return EXIT_REDIS
+    except UsageError as exc:
+        print(f"dentally-notifier: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _stdout_closed()
+    except BaseExceptionGroup as group:
+        if _only(group, BrokenPipeError):
+            return _stdout_closed()
+        raise
     return EXIT_BUG

@@ -278,8 +278,13 @@ def config_path(explicit: str | None) -> Path:
     return Path(explicit or os.environ.get(ENV_PREFIX + "CONFIG") or DEFAULT_PATH)
 
 
-def load(path: Path) -> Settings:
-    """Read, parse and validate the file at ``path``, including that every secret resolves."""
+def load(path: Path, *, api_keys: bool = True, webhook_secrets: bool = True) -> Settings:
+    """Read, parse and validate the file at ``path``, including that every secret resolves.
+
+    Commands that read Redis alone (``status``, ``tail``, ``subscriber``) pass
+    ``api_keys=False, webhook_secrets=False``; ``redeliver`` signs, so it needs the webhook
+    secrets but not the Dentally keys. Only ``run`` and ``check`` need everything.
+    """
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -289,8 +294,10 @@ def load(path: Path) -> Settings:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     settings = parse(data, str(path))
-    for practice in settings.practices:
-        practice.api_key_value()
-    for sub in settings.subscribers:
-        sub.secret_values()
+    if api_keys:
+        for practice in settings.practices:
+            practice.api_key_value()
+    if webhook_secrets:
+        for sub in settings.subscribers:
+            sub.secret_values()
     return settings

@@ -8,6 +8,7 @@ from redis.exceptions import RedisError
 
 from notifier.config import Settings
 from notifier.core import resources
+from notifier.core.text import plural
 from notifier.dentally.client import DentallyClient
 from notifier.errors import AuthError, ConfigError, DentallyError, ScopeError, StoreError
 from notifier.service.daemon import connect, redact, store_risks
@@ -68,8 +69,8 @@ async def _practice_rows(settings: Settings) -> list[Row]:
 
 async def run(settings: Settings, out: TextIO) -> bool:
     """Print the table; True only if nothing failed (warnings do not fail)."""
-    rows: list[Row] = [("config", "ok", f"{len(settings.practices)} practices, "
-                                        f"{len(settings.subscribers)} subscribers")]
+    rows: list[Row] = [("config", "ok", f"{plural(len(settings.practices), 'practice')}, "
+                                        f"{plural(len(settings.subscribers), 'subscriber')}")]
     rows += await _redis_rows(settings)
     rows += await _practice_rows(settings)
     width = max(len(r[0]) for r in rows)

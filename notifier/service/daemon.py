@@ -20,6 +20,7 @@ from redis.exceptions import RedisError
 from notifier import config
 from notifier.config import PracticeConfig, Settings, SubscriberConfig
 from notifier.core.health import Health
+from notifier.core.text import plural
 from notifier.errors import ConfigError, StoreError
 from notifier.ops.http import bind, serve_app
 from notifier.ops.metrics import Metrics
@@ -81,10 +82,10 @@ async def status_line(store: Store, runners: list[PracticeRunner],
         infos = await groups(store.redis, store.stream)
         lag = sum(unacked(infos[w.sub.name]) for w in workers
                   if not w.disabled and w.sub.name in infos)
-    parts = [f"{len(runners)} practices"]
+    parts = [plural(len(runners), "practice")]
     if revoked:
-        parts.append(f"{revoked} key{'s' * (revoked > 1)} revoked")
-    parts.append(f"{len(workers)} subscribers")
+        parts.append(plural(revoked, "key revoked"))
+    parts.append(plural(len(workers), "subscriber"))
     if disabled:
         parts.append(f"{disabled} disabled")
     parts.append(f"lag {lag}")
@@ -166,8 +167,8 @@ class Daemon:
 
     async def run(self, handle_signals: bool) -> None:
         await _warn_about_store(self.redis)
-        log.info("started: %d practices, %d subscribers, stream %s",
-                 len(self.settings.practices), len(self.settings.subscribers),
+        log.info("started: %s, %s, stream %s", plural(len(self.settings.practices), "practice"),
+                 plural(len(self.settings.subscribers), "subscriber"),
                  self.settings.redis.stream)
         try:
             async with anyio.create_task_group() as tg:

@@ -26,6 +26,7 @@ from notifier.core.cursor import Policy
 from notifier.core.health import Health
 from notifier.core.keylife import fingerprint, idle_days_left, keepalive_wait, probe_wait
 from notifier.core.retry import backoff
+from notifier.core.text import plural
 from notifier.dentally.client import DentallyClient
 from notifier.errors import AuthError, ConfigError, DentallyError, RateLimited, ScopeError
 from notifier.events import Event, notifier_event
@@ -333,7 +334,7 @@ class PracticeRunner:
                     published = await poller.poll_once()
                     attempt = 0
                     if published:
-                        log.info("published %d events", published, extra=extra)
+                        log.info("published %s", plural(published, "event"), extra=extra)
                     if self._wall() >= next_sweep:
                         await poller.reconcile()
                         next_sweep = self._wall() + self.cfg.reconcile_interval

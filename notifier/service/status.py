@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from redis.asyncio import Redis
 
 from notifier.config import Settings
+from notifier.core.text import plural
 from notifier.core.timefmt import format_ms
 from notifier.service.daemon import connect
 from notifier.service.retention import parse_id
@@ -144,7 +145,7 @@ async def collect(settings: Settings, redis: Redis, now: float) -> dict[str, Any
 def render(data: dict[str, Any], out: TextIO) -> None:
     now = data["at"]
     s = data["stream"]
-    print(f"stream {s['name']}: {s['length']} events"
+    print(f"stream {s['name']}: {plural(s['length'], 'event')}"
           + (f", oldest {_ago(now - s['oldest_age'], now)}" if "oldest_age" in s else ""),
           file=out)
     for p in data["practices"]:
