@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -261,16 +262,39 @@ def _where(loc: tuple[int | str, ...], data: Any) -> str:
     return out or "config"
 
 
+def env_source(loc: tuple[int | str, ...],
+               environ: Mapping[str, str] | None = None) -> str | None:
+    """The ``DENTALLY_NOTIFIER_...`` variable that set the value at ``loc``, if one did:
+    ``DENTALLY_NOTIFIER_LOG__LEVEL`` for ``log.level``, or ``DENTALLY_NOTIFIER_LOG`` when a
+    whole table came from the environment (as JSON). Names match case-insensitively, as
+    pydantic-settings reads them."""
+    env = {k.upper(): k for k in (os.environ if environ is None else environ)}
+    for end in range(len(loc), 0, -1):
+        name = ENV_PREFIX + "__".join(str(p) for p in loc[:end]).upper()
+        if name in env:
+            return env[name]
+    return None
+
+
 def parse(data: dict[str, Any], source: str = "config") -> Settings:
-    """Validate ``data`` (the parsed TOML); ConfigError names every offending key."""
+    """Validate ``data`` (the parsed TOML) with the environment's overrides; ConfigError
+    names every offending key, and the environment variable when one set it."""
     try:
         return Settings(**data)
     except ValidationError as exc:
-        lines = []
+        lines, sources = [], []
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if p not in ("function-after",))
-            lines.append(f"{_where(loc, data)}: {err['msg']}")
-        raise ConfigError(f"invalid configuration in {source}:\n  " + "\n  ".join(lines)) \
+            var = env_source(loc)
+            if var is not None:
+                lines.append(f"environment variable {var} ({_where(loc, data)}): "
+                             f"{err['msg']}")
+                sources.append("the environment")
+            else:
+                lines.append(f"{_where(loc, data)}: {err['msg']}")
+                sources.append(source)
+        where = " and ".join(sorted(set(sources), key=lambda s: s == "the environment"))
+        raise ConfigError(f"invalid configuration in {where}:\n  " + "\n  ".join(lines)) \
             from None
 
 

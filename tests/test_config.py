@@ -154,3 +154,32 @@ def test_subscriber_url_needs_a_host(tmp_path: Path, monkeypatch: pytest.MonkeyP
     text = MINIMAL.replace('url = "https://crm.example.com/hooks/dentally"', 'url = "https://"')
     with pytest.raises(ConfigError, match=r"subscribers\[0\] \(crm\)\.url"):
         config.load(write(tmp_path, text))
+
+
+def test_a_bad_environment_override_names_the_variable_not_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_DENTALLY_KEY", "k1")
+    monkeypatch.setenv("DENTALLY_NOTIFIER_LOG__LEVEL", "verbose")
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert "environment variable DENTALLY_NOTIFIER_LOG__LEVEL (log.level)" in message
+    assert str(path) not in message  # the file is fine: do not send the user there
+    # a bad file value and a bad variable together: each blamed on its own source
+    monkeypatch.setenv("DENTALLY_NOTIFIER_REDIS__RETENTION", "-1")
+    path = write(tmp_path, MINIMAL.replace('region = "uk"', 'region = "mars"'))
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert f"invalid configuration in {path} and the environment" in message
+    assert "practices[0] (main).region" in message
+    assert "environment variable DENTALLY_NOTIFIER_REDIS__RETENTION (redis.retention)" \
+        in message
+
+
+def test_env_source_matches_case_insensitively_and_whole_tables() -> None:
+    env = {"dentally_notifier_log__level": "x", "DENTALLY_NOTIFIER_REDIS": "{}"}
+    assert config.env_source(("log", "level"), env) == "dentally_notifier_log__level"
+    assert config.env_source(("redis", "url"), env) == "DENTALLY_NOTIFIER_REDIS"
+    assert config.env_source(("practices", 0, "region"), env) is None
