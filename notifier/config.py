@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -29,6 +30,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from notifier import signing
 from notifier.core import resources
+from notifier.delivery import safety
 from notifier.errors import ConfigError
 
 DEFAULT_PATH = "/etc/dentally-notifier/config.toml"
@@ -155,6 +157,8 @@ class PracticeConfig(_Strict):
 
 class SubscriberConfig(_Strict):
     name: Name
+    # Before ``url``: its validator reads it (fields are validated in this order).
+    allow_private: bool = False
     url: str
     secret: SecretStr | None = None
     secrets: list[SecretStr] | None = None
@@ -168,14 +172,19 @@ class SubscriberConfig(_Strict):
     max_in_flight: Annotated[int, Field(ge=1, le=1000)] = 8
     max_per_second: Seconds | None = None
     ordering: Literal["none", "per_record"] = "none"
-    allow_private: bool = False
     disable_after: Seconds = 432_000
 
     @field_validator("url")
     @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")) or not urlsplit(value).hostname:
+    def _url(cls, value: str, info: ValidationInfo) -> str:
+        host = urlsplit(value).hostname if value.startswith(("http://", "https://")) else None
+        if not host:
             raise ValueError("must be an http:// or https:// URL with a host")
+        reason = None if info.data.get("allow_private") else safety.host_reason(host)
+        if reason:
+            # Every delivery would be refused and retried for days: say so now.
+            raise ValueError(f"{host} is {reason}; webhooks to loopback or private "
+                             "addresses need allow_private = true for this subscriber")
         return value
 
     def secret_values(self) -> list[str]:
