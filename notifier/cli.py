@@ -41,7 +41,10 @@ def _parser() -> argparse.ArgumentParser:
                              f"{config.DEFAULT_PATH})")
 
     with_config(sub.add_parser("run", help="run the daemon"))
-    with_config(sub.add_parser("check", help="validate config, Redis, keys and scopes"))
+    ck = sub.add_parser("check", help="validate config, Redis, keys, scopes and subscribers")
+    with_config(ck)
+    ck.add_argument("--send-test", action="store_true",
+                    help="POST a signed notifier.test event to every subscriber")
     st = sub.add_parser("status", help="cursors, errors, subscribers, from Redis alone")
     with_config(st)
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -120,7 +123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             settings = _load(args.config)
             from notifier.service import check
-            return EXIT_OK if anyio.run(check.run, settings, sys.stdout) else EXIT_CHECK
+            ok = anyio.run(check.run, settings, sys.stdout, args.send_test)
+            return EXIT_OK if ok else EXIT_CHECK
         if args.command == "status":
             settings = _load(args.config, **_REDIS_ONLY)
             from notifier.service import status

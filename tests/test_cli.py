@@ -118,3 +118,63 @@ def test_store_risks_name_eviction_and_missing_persistence() -> None:
     risks = dict(store_risks({"maxmemory_policy": "allkeys-lru", "aof_enabled": 0}))
     assert "allkeys-lru" in risks["redis eviction"]
     assert "appendonly is off" in risks["redis persistence"]
+
+
+async def test_check_checks_subscribers_and_sends_a_signed_test(
+        tmp_path: Path, redis_url: str, ns: Namespace, sandbox: SandboxThread) -> None:
+    import json
+
+    import standardwebhooks
+
+    from tests.receiver import Receiver
+
+    secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    with Receiver() as rx:
+        good = {"name": "crm", "url": rx.url, "secret": secret, "allow_private": True,
+                "events": ["patient.*", "notifier.*"]}
+        cfg = write_config(tmp_path / "c.toml", redis_url=redis_url, prefix=ns.prefix,
+                           stream=ns.stream, base_url=sandbox.url, key=sandbox.key or "",
+                           subscribers=[good])
+        done = run_cli("check", "--config", str(cfg), "--send-test")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "1 practice, 1 subscriber" in done.stdout
+        test_line = next(ln for ln in done.stdout.splitlines() if "crm: test" in ln)
+        assert "ok" in test_line and "HTTP 200" in test_line
+        [got] = rx.received
+        body = json.loads(got.body)
+        assert body["type"] == "notifier.test" and body["data"]["subscriber"] == "crm"
+        standardwebhooks.Webhook(secret).verify(got.body, got.headers)  # raises if bad
+        # without --send-test nothing is posted
+        assert run_cli("check", "--config", str(cfg)).returncode == 0
+        assert len(rx.received) == 1
+
+    typo = {**good, "name": "typo", "url": "https://crm.example.com/h",
+            "events": ["patients.*"]}
+    nowhere = {**good, "name": "nowhere", "url": "https://nonexistent.invalid/h"}
+    refused = {**good, "name": "down", "url": "http://127.0.0.1:9/h"}
+    cfg = write_config(tmp_path / "b.toml", redis_url=redis_url, prefix=ns.prefix,
+                       stream=ns.stream, base_url=sandbox.url, key=sandbox.key or "",
+                       subscribers=[typo, nowhere, refused])
+    done = run_cli("check", "--config", str(cfg), "--send-test")
+    assert done.returncode == 3, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+
+    def line(start: str) -> str:
+        return next(ln for ln in lines if ln.startswith(start))
+
+    assert "FAIL" in line("subscriber typo: events") and "'patient.*'" in line(
+        "subscriber typo: events")
+    assert "FAIL" in line("subscriber nowhere: url")
+    assert "cannot resolve nonexistent.invalid" in line("subscriber nowhere: url")
+    down = line("subscriber down: test")
+    assert "FAIL" in down and "http://127.0.0.1:9/h" in down  # names what it tried
+
+
+async def test_check_names_the_host_it_tried(tmp_path: Path, redis_url: str,
+                                             ns: Namespace) -> None:
+    cfg = write_config(tmp_path / "c.toml", redis_url=redis_url, prefix=ns.prefix,
+                       stream=ns.stream, base_url="http://127.0.0.1:9", key="k")
+    done = run_cli("check", "--config", str(cfg))
+    assert done.returncode == 3
+    line = next(ln for ln in done.stdout.splitlines() if "practice main: key" in ln)
+    assert "FAIL" in line and "http://127.0.0.1:9" in line
