@@ -4,15 +4,18 @@ ports, commands that read Redis alone, plurals."""
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from redis.asyncio import Redis
 
+from notifier.sandbox.control import SandboxControl
 from tests.conftest import Namespace
-from tests.integration.daemon import write_config
+from tests.integration.daemon import Daemon, wait_until, write_config
 from tests.test_cli import run_cli
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -73,3 +76,26 @@ async def test_commands_that_read_redis_alone_need_no_keys(
         done = run_cli(command, "--config", cfg)
         assert done.returncode == 2, (command, done.stderr)
         assert "UNSET_DENTALLY_KEY_FOR_TEST" in done.stderr
+
+
+async def test_status_shows_why_a_subscriber_fails_and_when_it_retries(
+        redis: Redis, ns: Namespace, control: SandboxControl,
+        daemon_factory: Callable[..., Daemon]) -> None:
+    from tests.receiver import Receiver, Reply
+
+    await control.seed("patients", 1, spread_days=1)
+    with Receiver(lambda r, n: Reply(503)) as rx:
+        daemon = daemon_factory(resources=["patients"], initial_sync="emit", subscribers=[
+            {"name": "crm", "url": rx.url, "secret": SECRET, "allow_private": True,
+             "start": "beginning", "retry_schedule": [600, 600]}])
+        daemon.start()
+
+        async def retrying() -> bool:
+            return await redis.zcard(f"{ns.prefix}:sub:crm:retry") == 1
+        await wait_until(retrying, 30, "the failed attempt to be scheduled for a retry")
+        done = run_cli("status", "--config", str(daemon.config))
+    assert done.returncode == 0, done.stderr
+    block = done.stdout.split("subscriber crm:")[1]
+    assert "failing since" in block and "last error" in block and "HTTP 503" in block
+    found = re.search(r"next retry in (\d+)m \(20\d\d-", block)
+    assert found and 8 <= int(found.group(1)) <= 12, block  # 600 s, jittered by 20%

@@ -121,7 +121,10 @@ async def collect(settings: Settings, redis: Redis, now: float) -> dict[str, Any
             summary: Any = await redis.xpending(stream, sub.name)
             if summary and summary.get("min"):
                 oldest_needed = now - parse_id(summary["min"])[0] / 1000
-        last: Any = await redis.lrange(db.k_log, 0, 0)
+        recent: Any = await redis.lrange(db.k_log, 0, 49)
+        attempts = [json.loads(r) for r in recent]
+        last = attempts[:1]
+        failed = next((a for a in attempts if a.get("error")), None)
         out["subscribers"].append({
             "name": sub.name,
             "enabled": state.get("disabled") != "1",
@@ -135,11 +138,42 @@ async def collect(settings: Settings, redis: Redis, now: float) -> dict[str, Any
             "dead_letters": await redis.xlen(db.k_dead),
             "failing_since": _float(state.get("failing_since")),
             "last_success_at": _float(state.get("last_success_at")),
-            "last_attempt": json.loads(last[0]) if last else None,
+            "last_attempt": last[0] if last else None,
+            "last_error": failed,
+            "next_retry_at": await db.next_due(),
             "group_lost_at": _float(state.get("group_lost_at")),
             "group_lost_count": int(state.get("group_lost_count", "0")),
         })
     return out
+
+
+def _in(seconds: float) -> str:
+    s = max(0.0, seconds)
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 7200:
+        return f"{s / 60:.0f}m"
+    return f"{s / 3600:.1f}h"
+
+
+def _failing(sub: dict[str, Any], now: float) -> list[str]:
+    """Why a subscriber fails and when it is tried next; nothing for a healthy one."""
+    err = sub.get("last_error")
+    last = sub.get("last_attempt")
+    lines = []
+    recovered = last is not None and not last.get("error") and not sub["retries_pending"]
+    if err and not recovered:
+        since = sub.get("failing_since")
+        lines.append((f"failing since {_ago(since, now)}; " if since else "")
+                     + f"last error {_ago(err.get('at'), now)}: {err['error']}"
+                     + f" (event {err.get('event', '?')}, attempt {err.get('attempt', '?')})")
+    due = sub.get("next_retry_at")
+    if due is not None:
+        at = datetime.fromtimestamp(due, UTC).isoformat(timespec="seconds")
+        when = "now" if due <= now else f"in {_in(due - now)}"
+        lines.append(f"next retry {when} ({at})"
+                     + (", once enabled" if not sub["enabled"] else ""))
+    return lines
 
 
 def render(data: dict[str, Any], out: TextIO) -> None:
@@ -183,6 +217,8 @@ def render(data: dict[str, Any], out: TextIO) -> None:
         print(f"  retries pending {sub['retries_pending']}, dead letters "
               f"{sub['dead_letters']}, last success {_ago(sub['last_success_at'], now)}",
               file=out)
+        for line in _failing(sub, now):
+            print(f"  {line}", file=out)
         if sub["group_lost_count"]:
             when = datetime.fromtimestamp(sub["group_lost_at"], UTC).isoformat(
                 timespec="seconds")
