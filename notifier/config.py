@@ -252,6 +252,23 @@ class Settings(BaseSettings):
         return self
 
 
+RESTART_ONLY = ("redis", "metrics")
+"""Tables a reload (SIGHUP) cannot apply: the daemon keeps the running values until it
+restarts. ``[log]``, practices and subscribers apply at once."""
+
+
+def restart_needed(old: Settings, new: Settings) -> list[str]:
+    """``[redis] url``, ``[metrics] listen``: each setting that changed in a table a
+    reload cannot apply, in file order."""
+    out = []
+    for table in RESTART_ONLY:
+        before, after = getattr(old, table), getattr(new, table)
+        for key in type(before).model_fields:
+            if getattr(before, key) != getattr(after, key):
+                out.append(f"[{table}] {key}")
+    return out
+
+
 def _where(loc: tuple[int | str, ...], data: Any) -> str:
     """``practices[0] (main).region`` from a pydantic error location."""
     out = ""

@@ -22,6 +22,7 @@ from notifier.config import PracticeConfig, Settings, SubscriberConfig
 from notifier.core.health import Health
 from notifier.core.text import plural
 from notifier.errors import ConfigError, StoreError
+from notifier.ops import logging as logsetup
 from notifier.ops.http import bind, serve_app
 from notifier.ops.metrics import Metrics
 from notifier.ops.metrics import app as metrics_app
@@ -213,9 +214,17 @@ class Daemon:
             except ConfigError as exc:
                 log.error("reload refused, the running configuration stays: %s", exc)
                 return
-        if new.redis != self.settings.redis:
-            log.warning("[redis] settings changed: they take effect at the next restart")
-            new = new.model_copy(update={"redis": self.settings.redis})
+        pending = config.restart_needed(self.settings, new)
+        if pending:
+            log.warning("reload: %s changed; %s effect only at the next restart "
+                        "(systemctl restart dentally-notifier), the running values stay",
+                        ", ".join(pending), "takes" if len(pending) == 1 else "take")
+            new = new.model_copy(update={t: getattr(self.settings, t)
+                                         for t in config.RESTART_ONLY})
+        if new.log != self.settings.log:
+            logsetup.setup(new.log.format, new.log.level)
+            log.info("reload: [log] applied (format %s, level %s)", new.log.format,
+                     new.log.level)
         old_p = {p.name: p for p in self.settings.practices}
         new_p = {p.name: p for p in new.practices}
         for name, (cfg, runner, scope) in list(self.practices.items()):
