@@ -80,6 +80,9 @@ class RedisConfig(_Strict):
     stream: str = "dentally:events"
     prefix: str = Field(default="dentally-notifier", min_length=1)
     retention: Seconds = 604_800
+    consumer_groups: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    """Your own consumer groups on the stream: retention never trims what they have not
+    read or acknowledged, as for the subscribers' groups."""
 
 
 class PracticeConfig(_Strict):
@@ -249,24 +252,36 @@ class Settings(BaseSettings):
             for name in names:
                 if names.count(name) > 1:
                     raise ValueError(f"{what}: name {name!r} is used twice")
+        taken = {s.name for s in self.subscribers}
+        for group in self.redis.consumer_groups:
+            if group in taken:
+                raise ValueError(f"redis.consumer_groups: {group!r} is the consumer group "
+                                 f"of subscriber {group!r} (each subscriber's name is its "
+                                 "group); name your own group differently")
         return self
 
 
-RESTART_ONLY = ("redis", "metrics")
-"""Tables a reload (SIGHUP) cannot apply: the daemon keeps the running values until it
-restarts. ``[log]``, practices and subscribers apply at once."""
+RESTART_ONLY: dict[str, tuple[str, ...]] = {
+    "redis": ("url", "stream", "prefix"),
+    "metrics": ("listen",),
+}
+"""Settings a reload (SIGHUP) cannot apply: the daemon keeps the running values until it
+restarts. Everything else (practices, subscribers, ``[log]``, ``[redis] retention`` and
+``consumer_groups``) applies at once."""
 
 
 def restart_needed(old: Settings, new: Settings) -> list[str]:
-    """``[redis] url``, ``[metrics] listen``: each setting that changed in a table a
-    reload cannot apply, in file order."""
-    out = []
-    for table in RESTART_ONLY:
-        before, after = getattr(old, table), getattr(new, table)
-        for key in type(before).model_fields:
-            if getattr(before, key) != getattr(after, key):
-                out.append(f"[{table}] {key}")
-    return out
+    """``[redis] url``, ``[metrics] listen``: each changed setting a reload cannot apply."""
+    return [f"[{table}] {key}" for table, keys in RESTART_ONLY.items() for key in keys
+            if getattr(getattr(old, table), key) != getattr(getattr(new, table), key)]
+
+
+def keep_restart_only(old: Settings, new: Settings) -> Settings:
+    """``new`` with the running values of the settings only a restart applies."""
+    return new.model_copy(update={
+        table: getattr(new, table).model_copy(
+            update={key: getattr(getattr(old, table), key) for key in keys})
+        for table, keys in RESTART_ONLY.items()})
 
 
 def _where(loc: tuple[int | str, ...], data: Any) -> str:

@@ -219,8 +219,7 @@ class Daemon:
             log.warning("reload: %s changed; %s effect only at the next restart "
                         "(systemctl restart dentally-notifier), the running values stay",
                         ", ".join(pending), "takes" if len(pending) == 1 else "take")
-            new = new.model_copy(update={t: getattr(self.settings, t)
-                                         for t in config.RESTART_ONLY})
+            new = config.keep_restart_only(self.settings, new)
         if new.log != self.settings.log:
             logsetup.setup(new.log.format, new.log.level)
             log.info("reload: [log] applied (format %s, level %s)", new.log.format,
@@ -279,16 +278,12 @@ class Daemon:
             await anyio.sleep(METRICS_EVERY)
 
     async def _trim_forever(self) -> None:
-        """Trim the stream by ``retention`` every minute, held back by enabled subscribers."""
+        """Trim the stream by ``retention`` every minute, held back by enabled subscribers
+        and by the consumer groups ``[redis] consumer_groups`` declares."""
         while True:
             try:
-                enabled = set()
-                for sub in self.settings.subscribers:
-                    state = await DeliveryStore(self.redis, self.keys, self.store.stream,
-                                                sub.name).state()
-                    if state.get("disabled") != "1":
-                        enabled.add(sub.name)
-                await retention.trim(self.redis, self.store.stream, enabled,
+                protected = await protected_groups(self.redis, self.keys, self.settings)
+                await retention.trim(self.redis, self.store.stream, protected,
                                      self.settings.redis.retention, time.time())
             except RedisError as exc:
                 log.warning("could not trim the stream: %s", exc)
@@ -298,6 +293,17 @@ class Daemon:
         """Feed systemd's watchdog only while every loop keeps its promise; STATUS too."""
         await watch(self.notify, self.health, lambda: status_line(
             self.store, self.runners, self.workers), interval)
+
+
+async def protected_groups(redis: Redis, keys: Keys, settings: Settings) -> set[str]:
+    """The consumer groups retention must not trim past: every enabled subscriber's, and
+    the ones ``[redis] consumer_groups`` declares (the integrator's own readers)."""
+    out = set(settings.redis.consumer_groups)
+    for sub in settings.subscribers:
+        state = await DeliveryStore(redis, keys, settings.redis.stream, sub.name).state()
+        if state.get("disabled") != "1":
+            out.add(sub.name)
+    return out
 
 
 def _changes(old: dict[str, Any], new: dict[str, Any]) -> str:

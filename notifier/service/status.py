@@ -144,6 +144,11 @@ async def collect(settings: Settings, redis: Redis, now: float) -> dict[str, Any
             "group_lost_at": _float(state.get("group_lost_at")),
             "group_lost_count": int(state.get("group_lost_count", "0")),
         })
+    out["consumer_groups"] = [
+        {"name": name, "exists": name in infos,
+         "lag": infos[name].get("lag") if name in infos else None,
+         "pending": infos[name].get("pending") if name in infos else None}
+        for name in settings.redis.consumer_groups]
     return out
 
 
@@ -206,6 +211,11 @@ def render(data: dict[str, Any], out: TextIO) -> None:
             if r["last_error"]:
                 print(f"    last error ({_ago(r['last_error_at'], now)}): {r['last_error']}",
                       file=out)
+    for g in data.get("consumer_groups", []):
+        print(f"\nconsumer group {g['name']} (yours): " + (
+            f"lag {'-' if g['lag'] is None else g['lag']} unread, {g['pending'] or 0} "
+            "unacknowledged; retention keeps what it still needs" if g["exists"] else
+            "not created yet: retention protects it once it exists"), file=out)
     for sub in data["subscribers"]:
         state = "enabled" if sub["enabled"] else f"DISABLED ({sub['disabled_reason']})"
         print(f"\nsubscriber {sub['name']}: {state}", file=out)

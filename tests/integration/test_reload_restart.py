@@ -22,8 +22,10 @@ def test_restart_needed_lists_each_changed_setting() -> None:
     assert config.restart_needed(old, same) == []  # [log] applies on reload
     new = config.parse({**base, "metrics": {"listen": "127.0.0.1:9464"},
                         "redis": {"url": "redis://10.0.0.1:6379/0", "retention": 60}})
-    assert config.restart_needed(old, new) == ["[redis] url", "[redis] retention",
-                                               "[metrics] listen"]
+    assert config.restart_needed(old, new) == ["[redis] url", "[metrics] listen"]
+    kept = config.keep_restart_only(old, new)  # retention applies at once; the rest waits
+    assert kept.redis.url == old.redis.url and kept.metrics.listen is None
+    assert kept.redis.retention == 60
 
 
 def _log_lines(path: Path) -> list[dict[str, object]]:
