@@ -99,3 +99,32 @@ async def test_status_shows_why_a_subscriber_fails_and_when_it_retries(
     assert "failing since" in block and "last error" in block and "HTTP 503" in block
     found = re.search(r"next retry in (\d+)m \(20\d\d-", block)
     assert found and 8 <= int(found.group(1)) <= 12, block  # 600 s, jittered by 20%
+
+
+def test_sandbox_edits_look_like_real_edits_and_payments_are_positive() -> None:
+    from notifier.sandbox.state import Sandbox
+
+    sb = Sandbox()
+    for resource in ("patients", "appointments", "invoices", "payments"):
+        [rid] = sb.seed(resource, 1)
+        for _ in range(12):  # an invoice paid off and edited again, and again
+            before = dict(sb.tables[resource].rows[rid])
+            after = sb.update(resource, rid)
+            assert after is not None
+            changed = {k for k in after if after[k] != before.get(k)} - {"updated_at"}
+            assert changed and "metadata" not in changed, (resource, changed)
+    for _ in range(50):
+        assert float(sb.create("payments")["amount"]) > 0
+
+
+def test_demo_with_its_embedded_server_is_quiet_and_ends_with_next_steps() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}  # the embedded server
+    done = subprocess.run([sys.executable, "-m", "notifier", "demo", "--duration", "8"],
+                          capture_output=True, text=True, timeout=90, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout + done.stderr
+    assert "webhook " in out and "signature ok" in out
+    assert "appendonly" not in out and "Traceback" not in out
+    assert '"rev"' not in out and "amount -" not in out
+    assert done.stdout.rstrip().splitlines()[-1].strip().startswith("* Install it for real")
+    assert "What to try next" in done.stdout

@@ -166,8 +166,9 @@ class Daemon:
         self._tg.start_soon(self._scoped, scope,
                             partial(supervise, _reuse_first(first, make), cfg.name))
 
-    async def run(self, handle_signals: bool) -> None:
-        await _warn_about_store(self.redis)
+    async def run(self, handle_signals: bool, store_warnings: bool = True) -> None:
+        if store_warnings:
+            await _warn_about_store(self.redis)
         log.info("started: %s, %s, stream %s", plural(len(self.settings.practices), "practice"),
                  plural(len(self.settings.subscribers), "subscriber"),
                  self.settings.redis.stream)
@@ -331,11 +332,12 @@ async def watch(notify: SystemdNotifier, health: Health,
 
 
 async def run(settings: Settings, handle_signals: bool = True,
-              config_path: Path | None = None) -> None:
-    """Poll every practice and deliver to every subscriber until cancelled (or SIGTERM)."""
+              config_path: Path | None = None, store_warnings: bool = True) -> None:
+    """Poll every practice and deliver to every subscriber until cancelled (or SIGTERM).
+    ``store_warnings=False`` skips the persistence warnings (the demo's throwaway server)."""
     redis = await connect(settings)
     try:
-        await Daemon(settings, redis, config_path).run(handle_signals)
+        await Daemon(settings, redis, config_path).run(handle_signals, store_warnings)
     finally:
         with anyio.CancelScope(shield=True):
             await redis.aclose()
