@@ -75,6 +75,9 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--host", default="127.0.0.1")
     sb.add_argument("--port", type=int, default=8080)
     sb.add_argument("--key", default="sandbox-key", help="API key it accepts (all scopes)")
+    sb.add_argument("--webhook-secret", metavar="WHSEC",
+                    help="secret its webhook receiver (/_sandbox/webhook) verifies "
+                         "signatures with (default: a fixed trial secret it prints)")
     sb.add_argument("--patients", type=int, default=100, help="patients to create at start")
     sb.add_argument("--appointments", type=int, default=50)
     sb.add_argument("--invoices", type=int, default=30)

@@ -85,8 +85,9 @@ def describe(event: dict[str, Any]) -> str:
     return line
 
 
-def receiver_app(secret: str) -> Starlette:
-    """A webhook receiver that checks each signature and prints one line per event."""
+def receiver_app(secret: str, path: str = "/hook") -> Starlette:
+    """A webhook receiver at ``path`` that checks each signature and prints one line per
+    event (the demo's, and the sandbox's ``/_sandbox/webhook``)."""
 
     async def hook(request: Request) -> Response:
         body = await request.body()
@@ -97,7 +98,7 @@ def receiver_app(secret: str) -> Starlette:
         print(f"  webhook  {describe(event)}  [{mark}]", flush=True)
         return Response(status_code=204 if ok else 400)
 
-    return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+    return Starlette(routes=[Route(path, hook, methods=["POST"])])
 
 
 async def _make_changes(sb: Sandbox) -> None:
