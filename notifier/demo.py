@@ -70,6 +70,10 @@ def describe(event: dict[str, Any]) -> str:
     """One readable line for an event."""
     data = event["data"]
     what = f"{data.get('resource', '')}/{data.get('record_id', '')}"
+    if event["type"].startswith("notifier."):
+        words = data.get("reason") or data.get("message") or ""
+        who = data.get("practice") or data.get("subscriber") or ""
+        return f"{event['type']:<22} {who:<6} {words}"
     line = f"{event['type']:<22} {data['practice']:<6} {what:<20}"
     record = data.get("record") or {}
     if event["type"].endswith(".updated"):
