@@ -33,7 +33,8 @@ def keyless_config(tmp_path: Path, redis_url: str, ns: Namespace) -> Path:
 def test_status_into_a_closed_pipe_ends_quietly(tmp_path: Path, redis_url: str,
                                                 ns: Namespace) -> None:
     """`status | head`: the reader left; no BrokenPipeError traceback."""
-    cfg = keyless_config(tmp_path, redis_url, ns)
+    cfg = write_config(tmp_path / "c.toml", redis_url=redis_url, prefix=ns.prefix,
+                       stream=ns.stream, base_url="http://127.0.0.1:9", key="k")
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader is gone before we write a byte
     try:
