@@ -4,8 +4,8 @@ Exit codes (also in the README):
     0  success
     1  unexpected internal error (a bug: please report it with the log)
     2  bad usage or invalid configuration (the message names the key)
-    3  ``check`` found a problem (the table says which), or ``redeliver`` could not
-       deliver every event
+    3  ``check`` found a problem (the table says which), ``redeliver`` could not
+       deliver every event, or ``reconcile --accept`` found nothing held
     4  Redis could not be reached at start
 """
 
@@ -61,11 +61,23 @@ def _parser() -> argparse.ArgumentParser:
     which = rd.add_mutually_exclusive_group()
     which.add_argument("--id", dest="event_id", help="one event, by its id (evt_...)")
     which.add_argument("--since", help="every matching event since this ISO 8601 time")
+    rc = sub.add_parser("reconcile", help="sweep a resource now; --accept held deletions")
+    with_config(rc)
+    rc.add_argument("practice")
+    rc.add_argument("resource")
+    rc.add_argument("--accept", action="store_true",
+                    help="publish the deletions a sweep held (more than max_delete_fraction)")
     sc = sub.add_parser("subscriber", help="manage a subscriber")
     sc_sub = sc.add_subparsers(dest="action", required=True, metavar="ACTION")
     en = sc_sub.add_parser("enable", help="turn a disabled subscriber back on")
     with_config(en)
     en.add_argument("subscriber")
+    ky = sub.add_parser("key", help="act on a practice's API key")
+    ky_sub = ky.add_subparsers(dest="action", required=True, metavar="ACTION")
+    kr = ky_sub.add_parser("retry", help="make the running daemon probe the key now "
+                                         "(after fixing a revoked or expired key)")
+    with_config(kr)
+    kr.add_argument("practice")
     demo = sub.add_parser("demo", help="sandbox, embedded Redis and daemon: watch events flow")
     demo.add_argument("--duration", type=float, default=None,
                       help="stop after this many seconds (default: until Ctrl-C)")
@@ -145,11 +157,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             ok = anyio.run(partial(admin.redeliver, settings, args.subscriber, sys.stdout,
                                    event_id=args.event_id, since=args.since))
             return EXIT_OK if ok else EXIT_CHECK
+        if args.command == "reconcile":
+            settings = _load(args.config, **_REDIS_ONLY)
+            from notifier.service import admin
+            ok = anyio.run(partial(admin.reconcile, settings, args.practice, args.resource,
+                                   sys.stdout, accept=args.accept))
+            return EXIT_OK if ok else EXIT_CHECK
         if args.command == "subscriber":
             settings = _load(args.config, **_REDIS_ONLY)
             from notifier.service import admin
             anyio.run(admin.enable, settings, args.subscriber, sys.stdout)
             return EXIT_OK
+        if args.command == "key":
+            settings = _load(args.config, **_REDIS_ONLY)
+            from notifier.service import keycmd
+            ok = anyio.run(keycmd.retry, settings, args.practice, sys.stdout)
+            return EXIT_OK if ok else EXIT_CHECK
         if args.command == "demo":
             from notifier import demo
             anyio.run(demo.run, args.duration, args.records)

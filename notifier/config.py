@@ -83,6 +83,9 @@ class RedisConfig(_Strict):
     consumer_groups: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     """Your own consumer groups on the stream: retention never trims what they have not
     read or acknowledged, as for the subscribers' groups."""
+    practice_lease: Annotated[float, Field(ge=0.5, le=300)] = 15.0
+    """How long a practice's lease outlives its holder's last renewal: a daemon killed
+    without stopping hands its practices on after this long."""
 
 
 class PracticeConfig(_Strict):
@@ -99,6 +102,9 @@ class PracticeConfig(_Strict):
     max_requests_per_hour: Annotated[int, Field(ge=1)] = 1800
     keepalive_interval: Seconds = 21_600
     reconcile_interval: Seconds = 86_400
+    max_delete_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2
+    """A sweep that would delete more than this fraction of a resource's tracked records
+    publishes none of them until ``dentally-notifier reconcile NAME RESOURCE --accept``."""
     overlap: Annotated[float, Field(ge=0)] = 60.0
     per_page: Annotated[int, Field(ge=1, le=100)] = 100
     window_rows: Annotated[int, Field(ge=100)] = 2000

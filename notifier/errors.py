@@ -4,6 +4,7 @@
     ├── ConfigError              the configuration is invalid (exit code 2)
     ├── UsageError               a command cannot do what it was asked (exit code 2)
     ├── StoreError               Redis is unreachable or holds something we cannot use
+    │   └── LeaseLost            a commit was refused: this writer no longer holds the lease
     ├── UnsafeURL                a webhook URL resolves to a private or loopback address
     └── DentallyError            a request to the Dentally API did not give us data
         ├── AuthError            401: the key is invalid, revoked or expired
@@ -26,6 +27,7 @@ __all__ = [
     "BadRequest",
     "ConfigError",
     "DentallyError",
+    "LeaseLost",
     "MalformedResponse",
     "NotFound",
     "NotifierError",
@@ -53,6 +55,11 @@ class UsageError(NotifierError):
 
 class StoreError(NotifierError):
     """Redis cannot be used (unreachable, wrong type at a key, lost state)."""
+
+
+class LeaseLost(StoreError):
+    """A commit was refused because the practice's lease (its fencing token) is no longer
+    the committing writer's: it expired, or another runner took the practice over."""
 
 
 class UnsafeURL(NotifierError):

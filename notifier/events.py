@@ -27,6 +27,7 @@ NOTIFIER_EVENT_TYPES: tuple[str, ...] = (
     "notifier.key.idle",
     "notifier.scope.denied",
     "notifier.subscriber.disabled",
+    "notifier.reconcile.suspicious",
     "notifier.test",
 )
 """Events about the notifier itself (a test checks that the code publishes no other)."""

@@ -1,34 +1,74 @@
-"""The server's clock, estimated from its ``Date`` headers.
+"""The server's clock, estimated from its ``Date`` headers, robust to a bad sample.
 
 Cursors live on the server's clock, never ours (a host whose clock is off by an hour must
-not skip an hour of changes). ``Date`` is truncated to the second, so the true server time
-is at least the header value: the estimate ``date + elapsed`` is a lower bound, which is the
-safe side for a cursor.
+not skip an hour of changes). Every response's ``Date`` is a *sample* of the server's
+offset from our monotonic clock (``date - mono``). ``Date`` is truncated to the second, so
+a sample is a lower bound of the true offset, and an estimate that is too low is the safe
+side for a cursor (the next poll re-reads a little more); one that is too high skips
+changes. Behind a load balancer one node can have a bad clock, so one sample must never
+be believed on its own:
+
+- The estimate follows the *lower median* of the last :data:`SAMPLES` samples, at once
+  when that median is below it (lower is safe).
+- Above it, the estimate gains at most :data:`DRIFT` of real elapsed time (1 ms a second),
+  and at most :data:`MAX_GAIN_MS` in one step: it advances no faster than real time plus a
+  small drift, however many outliers come.
+- It jumps ahead only when the last :data:`QUORUM` samples agree (within
+  :data:`AGREE_MS`), all above it, spread over at least :data:`QUORUM_SPAN_S` seconds of
+  real time: the server's clock really was set forward.
+
+Only the very first sample is taken alone (there is nothing else yet); the poller caps a
+window's cursor by the estimate once the window is read, when later samples have outvoted
+a bad first one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections import deque
+from dataclasses import dataclass, field
 
-# A new sample lower than the estimate by more than this means the server's clock was set
-# back: follow it instead of keeping the old, higher estimate.
-_STEP_BACK_MS = 5_000
+SAMPLES = 7
+QUORUM = 5
+QUORUM_SPAN_S = 20.0
+AGREE_MS = 2_000
+DRIFT = 0.001
+MAX_GAIN_MS = 1_000
 
 
 @dataclass
 class ServerClock:
     """``observe`` each response's ``Date``; ``now`` estimates the server's time."""
 
-    _date_ms: int | None = None
-    _mono: float = 0.0
+    _offset: int | None = None
+    """The estimate: server time in ms = our monotonic time in ms + ``_offset``."""
+    _since: float = 0.0
+    """Monotonic time of the last rise of the estimate (the drift allowance runs from it)."""
+    _samples: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=SAMPLES))
 
     def observe(self, date_ms: int, mono: float) -> None:
-        current = self.now(mono)
-        if current is None or date_ms > current or current - date_ms > _STEP_BACK_MS:
-            self._date_ms, self._mono = date_ms, mono
+        sample = date_ms - round(mono * 1000)
+        self._samples.append((sample, mono))
+        if self._offset is None:
+            self._offset, self._since = sample, mono
+            return
+        ordered = sorted(s for s, _ in self._samples)
+        target = ordered[(len(ordered) - 1) // 2]
+        if target <= self._offset:
+            self._offset = target
+            return
+        recent = list(self._samples)[-QUORUM:]
+        offsets = [s for s, _ in recent]
+        if (len(recent) == QUORUM and min(offsets) > self._offset
+                and max(offsets) - min(offsets) <= AGREE_MS
+                and recent[-1][1] - recent[0][1] >= QUORUM_SPAN_S):
+            self._offset, self._since = min(offsets), mono
+            return
+        gain = min(MAX_GAIN_MS, int(DRIFT * (mono - self._since) * 1000))
+        if gain > 0:
+            self._offset, self._since = min(target, self._offset + gain), mono
 
     def now(self, mono: float) -> int | None:
         """The server's time in ms at monotonic time ``mono``; None before any response."""
-        if self._date_ms is None:
+        if self._offset is None:
             return None
-        return self._date_ms + round((mono - self._mono) * 1000)
+        return round(mono * 1000) + self._offset

@@ -15,17 +15,42 @@ row a truncated ``updated_before`` leaves out at the top of one window is inside
 of the next.
 
 Dentally only has offset pagination, and it is not stable: a row that changes while we
-page moves or leaves the result and shifts every later row by one, so one row is skipped.
-A window therefore counts as read only when it was read *cleanly*:
+page moves or leaves the result and shifts every later row by one, so one row is skipped,
+and pages repeat and skip rows on their own (ties in the sort order). A window therefore
+counts as read only when it was read *completely*:
 
 - it fitted in one page (one response is one consistent query), or
-- ``total_count`` stayed the same on every page and the distinct ids seen equal it.
+- ``total_count`` stayed the same on every page and the distinct ids seen equal it, and,
+  for an *open* window (no ``updated_before``: appointments), no row *entered* it while we
+  paged (below), or
+- closed reads only: ``total_count`` stayed the same on every page of several reads of
+  the window and the *union* of the ids they saw equals it. A closed window's rows can only
+  leave it (a row written now gets ``updated_at >= hi``), so a steady count means a steady
+  set, and the union of reads that each skipped a few rows covers it. This is what ends a
+  window that cannot be split (every row shares one ``updated_at``: a bulk import).
 
-A window that was not read cleanly is read again from page 1. A closed window that stays
-dirty, or that holds more rows than ``window_rows`` (deep pages fail with 413), is split
-into smaller windows; a window that fits in one page is always clean, so splitting always
-terminates in progress. The cursor moves to a window's ``hi`` only when it was read cleanly,
-and the caller commits that move in the same atomic step as the events of its last page.
+A poll's top window (the last pending) is first read open, so that rows changed since
+"now" come along at once, and so are windows of resources that ignore ``updated_before``.
+An open window can gain rows while we page, and a new row can hide a departure from the
+counts: a row already read is deleted (the rows after it slide back, one of them onto the
+page just read: never seen) and another is created (the count is back, and the distinct ids,
+the deleted one included, equal it). Every row that enters after page 1 was served carries
+``updated_at`` at or after the server's time when page 1 was asked for, so a row seen
+after page 1, stamped that late and not already known to be in the window (seen by an
+earlier read or page of it; rows leave an open window only by deletion), makes the read
+unconfirmed: the window is read again (closed, where the resource allows it: a top window
+that ended incomplete for any reason is read again closed). In one page nothing can
+slide.
+
+A window that was not read completely is read again from page 1. A closed window that
+stays incomplete, or that holds more rows than ``window_rows`` (deep pages fail with 413),
+is split into smaller windows, unless its rows all share a time too narrow to cut. Re-reads
+are bounded by ``max_reads`` per window and poll: a poll that reaches the bound stops
+(:attr:`Outcome.LATER`: the window stays pending, the next poll takes it up), and a
+reconciliation sweep accepts the union it has (it fetches the ids it did not see on their
+own). The cursor moves to a window's ``hi`` only when it was read completely, never past
+the server's time as estimated when its last page was asked for, and the caller commits
+that move in the same atomic step as the events of its last page.
 """
 
 from __future__ import annotations
@@ -48,7 +73,10 @@ class Policy:
     per_page: int = 100
     window_rows: int = 2_000
     max_tries: int = 3
+    """Incomplete reads of a closed window before it is split."""
     max_split: int = 64
+    max_reads: int = 8
+    """Reads of one window in one poll before the poll gives up on it until the next."""
 
 
 @dataclass(frozen=True)
@@ -74,9 +102,10 @@ class Progress:
 
 class Outcome(Enum):
     NEXT = "next"      # fetch ``progress.page`` of the same window
-    DONE = "done"      # window read cleanly; cursor moved; maybe more windows pending
-    RETRY = "retry"    # window dirty: read it again from page 1
+    DONE = "done"      # window read completely; cursor moved; maybe more windows pending
+    RETRY = "retry"    # window incomplete: read it again from page 1
     SPLIT = "split"    # window replaced by smaller ones
+    LATER = "later"    # re-read ``max_reads`` times: stop this poll, the window stays pending
 
 
 def start(progress: Progress, server_now: int, policy: Policy) -> Progress:
@@ -94,20 +123,15 @@ def start(progress: Progress, server_now: int, policy: Policy) -> Progress:
     return replace(progress, windows=(Window(lo, server_now),), page=1, tries=0, count0=None)
 
 
-def query_bounds(window: Window, closed: bool, policy: Policy,
-                 last: bool = False) -> tuple[int | None, int | None]:
-    """The ``updated_after`` and ``updated_before`` values (ms) to send for ``window``.
-
-    The ``last`` window of a poll (the one ending at the server's "now") is left open on
-    top: rows changed since "now" was estimated come along at once instead of a poll later
-    (the cursor still only moves to ``hi``).
-    """
+def query_bounds(window: Window, closed: bool, policy: Policy) -> tuple[int | None, int | None]:
+    """The ``updated_after`` and ``updated_before`` values (ms) to send for ``window``
+    (``closed``: with an upper bound; :attr:`WindowRead.bounded` says when)."""
     after = None if window.lo is None else window.lo - policy.margin_ms
     # Exclusive at hi: a row written after the window was planned has updated_at >= hi
     # (hi is a lower bound of the server's time then), so it cannot enter the window, and
     # an entry could hide a departure from the count check. Rows at hi belong to the next
     # window, whose lower margin covers a bound Dentally might treat as inclusive.
-    before = window.hi if closed and not last else None
+    before = window.hi if closed else None
     return after, before
 
 
@@ -129,29 +153,78 @@ def split(window: Window, parts: int, min_width: int = 2) -> tuple[Window, ...]:
 class WindowRead:
     """Reads the current window of a :class:`Progress`, one page at a time.
 
-    Holds the ids seen in this window (in memory only: a restarted process starts the window
-    again). ``page_read`` returns the progress to persist with that page's events.
+    Holds what was seen of this window (in memory only: a restarted process starts the
+    window again). ``page_read`` returns the progress to persist with that page's events.
+    ``sweep``: a reconciliation sweep, which accepts the union of its reads when the
+    re-reads run out (it fetches on their own the ids it holds and did not see).
     """
 
     progress: Progress
     closed: bool
     policy: Policy
+    sweep: bool = False
     seen: set[str] = field(default_factory=set)
+    """Ids seen by the current read of the window."""
+    union: set[str] = field(default_factory=set)
+    """Ids seen by earlier reads of the window with the same steady ``total_count``."""
+    union_total: int | None = None
+    known: set[str] = field(default_factory=set)
+    """Open windows: ids seen in the window by earlier reads (they cannot leave but by
+    deletion, so they never count as entries)."""
+    reads: int = 0
+    """Reads of the current window that ended incomplete, in this poll."""
+    rereads: int = 0
+    """Re-reads of any window in this poll (for status and metrics)."""
+    incomplete: int = 0
+    """Windows given up on (``LATER``) or, in a sweep, accepted from an incomplete union."""
+    _t1: int | None = None
+    _entered: bool = False
+    _span: tuple[int, int] | None = None
+    _top_closed: bool = False
+    _read_bounded: bool = False
 
     @property
     def window(self) -> Window:
         return self.progress.windows[0]
 
-    def page_read(self, ids: list[str], total_count: int | None) -> tuple[Outcome, Progress]:
+    @property
+    def bounded(self) -> bool:
+        """Whether the current read sends ``updated_before``. Not on resources that ignore
+        it; and not on a poll's top window (the last one pending), so that rows changed
+        since "now" come along at once, until one read of it saw rows enter while it
+        paged or ended incomplete for any reason: then it is read again closed (the cursor
+        only ever moves to ``hi``)."""
+        if not self.closed:
+            return False
+        return len(self.progress.windows) > 1 or self._top_closed
+
+    def page_read(self, ids: list[str], total_count: int | None,
+                  stamps: list[int | None] | None = None,
+                  now: int | None = None) -> tuple[Outcome, Progress]:
+        """One page read: its ids, the ``total_count`` it reported, its rows' ``updated_at``
+        (ms, None where unknown) and the server's time (estimate) when it was asked for."""
         p = self.progress
         page = p.page
+        if page == 1:
+            self.seen.clear()
+            self._t1, self._entered = now, False
+            self._read_bounded = self.bounded
         count0 = total_count if page == 1 else p.count0
-        duplicate = any(i in self.seen for i in ids)
+        before = set(self.seen)
+        duplicate = any(i in before for i in ids)
         self.seen.update(ids)
+        for rid, stamp in zip(ids, stamps or (), strict=False):
+            if stamp is None:
+                continue
+            lo, hi = self._span or (stamp, stamp)
+            self._span = (min(lo, stamp), max(hi, stamp))
+            if (not self._read_bounded and page > 1 and self._t1 is not None
+                    and stamp >= self._t1 and rid not in before and rid not in self.known):
+                self._entered = True
         short = len(ids) < self.policy.per_page
 
         if page == 1 and short:
-            return self._done()
+            return self._done(now)
         if page == 1 and total_count is not None and total_count > self.policy.window_rows:
             parts = min(math.ceil(2 * total_count / self.policy.window_rows),
                         self.policy.max_split)
@@ -159,12 +232,14 @@ class WindowRead:
             if result is not None:
                 return result
         if total_count != count0 or (total_count is None and duplicate):
-            return self._dirty()
+            return self._dirty(now, steady=False)
         if not short:
             return self._set(Outcome.NEXT, replace(p, page=page + 1, count0=count0))
-        if total_count is None or len(self.seen) == total_count:
-            return self._done()
-        return self._dirty()
+        if total_count is None:
+            return self._done(now)
+        if len(self.seen) == total_count and not self._entered:
+            return self._done(now)
+        return self._dirty(now, steady=True)
 
     def too_deep(self) -> tuple[Outcome, Progress] | None:
         """The server refused a page (413): split the window; None if it cannot be split."""
@@ -174,24 +249,60 @@ class WindowRead:
         self.progress = progress
         return outcome, progress
 
-    def _done(self) -> tuple[Outcome, Progress]:
+    def _reset(self) -> None:
+        self.seen.clear()
+        self.union.clear()
+        self.known.clear()
+        self.union_total = None
+        self.reads = 0
+        self._span = None
+        self._top_closed = False
+
+    def _done(self, now: int | None) -> tuple[Outcome, Progress]:
         p = self.progress
-        hi = self.window.hi
+        hi = self.window.hi if now is None else min(self.window.hi, now)
         cursor = hi if p.cursor is None else max(p.cursor, hi)
         rest = p.windows[1:]
-        self.seen.clear()
+        self._reset()
         return self._set(Outcome.DONE, replace(
             p, cursor=cursor, windows=rest, page=1, tries=0, count0=None,
             synced=p.synced or not rest))
 
-    def _dirty(self) -> tuple[Outcome, Progress]:
+    def _dirty(self, now: int | None, steady: bool) -> tuple[Outcome, Progress]:
+        """The read ended incomplete (``steady``: with the same count on every page)."""
         p = self.progress
-        if p.tries + 1 >= self.policy.max_tries:
+        total = p.count0
+        self.known |= self.seen
+        if self.closed:
+            self._top_closed = True   # read it again closed: a steady set, a union
+        if self._read_bounded and steady and total is not None:
+            if self.union_total != total:
+                self.union, self.union_total = set(), total
+            self.union |= self.seen
+            if len(self.union) == total:
+                return self._done(now)
+        else:
+            self.union, self.union_total = set(), None
+        self.reads += 1
+        if self.reads >= self.policy.max_reads:
+            self.incomplete += 1
+            if self.sweep:
+                return self._done(now)
+            return self._set(Outcome.LATER, replace(p, page=1, count0=None))
+        if p.tries + 1 >= self.policy.max_tries and self._divisible():
             result = self._split(2)
             if result is not None:
                 return result
         self.seen.clear()
+        self.rereads += 1
         return self._set(Outcome.RETRY, replace(p, page=1, tries=p.tries + 1, count0=None))
+
+    def _divisible(self) -> bool:
+        """Whether cutting the window by time could divide its rows: not when every row
+        seen has one ``updated_at`` (or times closer than the narrowest window)."""
+        if self._span is None:
+            return True
+        return self._span[1] - self._span[0] >= 2 * self.policy.margin_ms
 
     def _split(self, parts: int) -> tuple[Outcome, Progress] | None:
         """Replace the window by smaller ones; None when it is open or too short to cut."""
@@ -201,6 +312,6 @@ class WindowRead:
         if len(spans) == 1:
             return None
         p = self.progress
-        self.seen.clear()
+        self._reset()
         return self._set(Outcome.SPLIT, replace(
             p, windows=spans + p.windows[1:], page=1, tries=0, count0=None))

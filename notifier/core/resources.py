@@ -50,7 +50,8 @@ RESOURCES: dict[str, Resource] = {
         Resource("invoices", "invoice"),
         Resource("invoice_items", "invoice_item", int_ids=False),
         Resource("treatment_plans", "treatment_plan"),
-        Resource("treatment_plan_items", "treatment_plan_item"),
+        # Dentally ignores every filter but updated_after here: no closed windows.
+        Resource("treatment_plan_items", "treatment_plan_item", closed_windows=False),
         Resource("treatment_appointments", "treatment_appointment"),
         Resource("nhs_claims", "nhs_claim"),
         Resource("patient_referrals", "patient_referral"),

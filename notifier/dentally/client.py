@@ -20,6 +20,7 @@ import httpx
 from notifier import __version__
 from notifier.core.budget import Budget
 from notifier.core.clock import ServerClock
+from notifier.core.keylife import Outcome, classify
 from notifier.core.resources import Resource
 from notifier.core.retry import parse_retry_after
 from notifier.core.timefmt import format_ms
@@ -42,6 +43,14 @@ USER_AGENT = f"dentally-notifier/{__version__} (+https://pypi.org/project/dental
 class Page:
     rows: list[dict[str, Any]]
     total_count: int | None
+
+
+Gate = Callable[[bool], "float | None"]
+"""Asked before each request with ``probe``: None refuses it (the key was rejected: only
+probes go out), else the seconds it must wait (a rate limit's reset)."""
+
+Observer = Callable[[Outcome, bool, "str | None", "float | None", str], None]
+"""Told every response's class: (outcome, probe, resource, reset_at, reason)."""
 
 
 @dataclass(frozen=True)
@@ -73,8 +82,10 @@ class DentallyClient:
         self.requests = 0
         self.last_success: float | None = None
         """Unix time of the last 2xx: what keeps the key alive."""
-        self.rejected = False
-        """Set by a 401: no further request is made with this key except ``probe`` ones."""
+        self.gate: Gate | None = None
+        """The key's lifecycle decides what may be sent (core.keylife); without one, the
+        client sends whatever it is asked to."""
+        self.observer: Observer | None = None
         self.budget = budget
         self.heartbeat: Callable[[], None] | None = None
         """Called while waiting for the budget: waiting is progress, not a wedge."""
@@ -110,35 +121,58 @@ class DentallyClient:
             await anyio.sleep(min(wait, 10.0))  # and beat, at least every 10 s
         self.budget.spend(self._wall())
 
+    async def _admit(self, what: str, probe: bool) -> None:
+        """The gate's word: refuse (a rejected key, no retry storm) or wait (rate limit)."""
+        while self.gate is not None:
+            wait = self.gate(probe)
+            if wait is None:
+                raise AuthError(f"{what}: not sent, the key was rejected")
+            if wait <= 0:
+                return
+            if self.heartbeat is not None:
+                self.heartbeat()
+            await anyio.sleep(min(wait, 10.0))
+
     async def get(self, path: str, params: dict[str, str] | None = None, *,
-                  probe: bool = False, bulk: bool = False) -> Any:
+                  probe: bool = False, bulk: bool = False, resource: str | None = None
+                  ) -> Any:
         """GET ``/v1{path}`` and return its JSON body, or raise a DentallyError.
 
-        After a 401 every call fails at once without a request (no retry storm on a dead
-        key) unless it is a ``probe``.
+        The gate (the key's lifecycle) may refuse the call without a request: after a
+        401 nothing but a ``probe`` goes out.
         """
         what = f"GET {path}"
-        if self.rejected and not probe:
-            raise AuthError(f"{what}: not sent, the key was rejected")
+        await self._admit(what, probe)
         await self._pace(bulk)
         self.requests += 1
         try:
             response = await self._http.get("/v1" + path, params=params)
         except httpx.TimeoutException:
+            self._tell(Outcome.FAILED, probe, resource, None, "timed out")
             raise TransientError(f"{what}: timed out") from None
         except httpx.TransportError as exc:
+            self._tell(Outcome.FAILED, probe, resource, None, type(exc).__name__)
             raise TransientError(f"{what}: {type(exc).__name__}") from None
         self._observe(response)
         status = response.status_code
         if 200 <= status < 300:
             self.last_success = self._wall()
-            self.rejected = False
+            self._tell(Outcome.OK, probe, resource, None, "")
             try:
                 return response.json()
             except ValueError:
                 raise MalformedResponse(f"{what}: {status} body is not JSON",
                                         status=status) from None
-        raise self._error(what, response)
+        error = self._error(what, response)
+        outcome = {AuthError: Outcome.UNAUTHORIZED, RateLimited: Outcome.RATE_LIMITED,
+                   ScopeError: Outcome.FORBIDDEN}.get(type(error), Outcome.FAILED)
+        self._tell(outcome, probe, resource, getattr(error, "reset_at", None), str(error))
+        raise error
+
+    def _tell(self, outcome: Outcome, probe: bool, resource: str | None,
+              reset_at: float | None, reason: str) -> None:
+        if self.observer is not None:
+            self.observer(outcome, probe, resource, reset_at, reason)
 
     def _observe(self, response: httpx.Response) -> None:
         date = response.headers.get("date")
@@ -161,11 +195,10 @@ class DentallyClient:
         status = response.status_code
         detail = _error_message(response)
         message = f"{what}: {status}" + (f" {detail}" if detail else "")
-        if status == 401:
-            self.rejected = True
+        outcome = classify(status, _error_type(response), detail, self.rate.remaining)
+        if outcome is Outcome.UNAUTHORIZED:
             return AuthError(message, status=status)
-        if status == 429 or (status == 403 and (self.rate.remaining == 0
-                                                or "rate limit" in detail.lower())):
+        if outcome is Outcome.RATE_LIMITED:
             now = self._wall()
             wait = parse_retry_after(response.headers.get("retry-after"), now)
             reset = now + wait if wait is not None else self.rate.reset_at
@@ -200,15 +233,27 @@ class DentallyClient:
         if dated_after is not None:
             params["dated_after"] = dated_after
         path = f"/{resource.name}"
-        body = await self.get(path, params, bulk=bulk)
+        body = await self.get(path, params, bulk=bulk, resource=resource.name)
         return parse_page(resource.name, body, f"GET {path} page {page}")
 
     async def fetch(self, resource: Resource, record_id: str) -> dict[str, Any]:
         path = f"/{resource.name}/{record_id}"
-        body = await self.get(path, bulk=True)
+        body = await self.get(path, bulk=True, resource=resource.name)
         if not isinstance(body, dict) or not isinstance(body.get(resource.singular), dict):
             raise MalformedResponse(f"GET {path}: no {resource.singular!r} object in the body")
         return dict(body[resource.singular])
+
+
+def _error_type(response: httpx.Response) -> str:
+    """``error.type`` of a Dentally error body, if there is one."""
+    try:
+        body = response.json()
+    except ValueError:
+        return ""
+    if isinstance(body, dict) and isinstance(body.get("error"), dict):
+        kind = body["error"].get("type", "")
+        return kind if isinstance(kind, str) else ""
+    return ""
 
 
 def _error_message(response: httpx.Response) -> str:

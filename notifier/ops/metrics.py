@@ -34,6 +34,22 @@ class Metrics:
                                                300, 1800))
         self.events = Counter(P + "events_published", "Events appended to the stream",
                               ["practice", "type"], registry=r)
+        self.window_rereads = Counter(P + "window_rereads",
+                                      "Windows read again because a read was incomplete "
+                                      "(unstable pages, rows changing while paged)",
+                                      ["practice", "resource"], registry=r)
+        self.windows_incomplete = Counter(P + "windows_incomplete",
+                                          "Windows left for the next poll after too many "
+                                          "re-reads, or accepted by a sweep from its union",
+                                          ["practice", "resource"], registry=r)
+        self.snapshots_unreadable = Counter(P + "snapshots_unreadable",
+                                            "Stored snapshots that did not decode (treated "
+                                            "as missing)", ["practice", "resource"],
+                                            registry=r)
+        self.reconcile_suspicious = Counter(P + "reconcile_suspicious",
+                                            "Sweeps whose deletions were held (more than "
+                                            "max_delete_fraction)", ["practice", "resource"],
+                                            registry=r)
         self.api_requests = Gauge(P + "api_requests_window",
                                   "Dentally requests this daemon made in the rate window",
                                   ["practice"], registry=r)

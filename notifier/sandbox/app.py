@@ -3,27 +3,29 @@
 API requests pass the same gates as the real service, in its order: User-Agent, Bearer
 key (unknown, revoked or idle-expired: 401), the fixed-window rate budget (403 or 429 at
 zero), injected failures, then scopes (403) and the handler. Every API response carries
-``x-ratelimit-*`` headers and a ``Date`` from the sandbox's clock, which tests may move.
+``x-ratelimit-*`` headers and a ``Date`` from the sandbox's clock, which tests may move
+(and skew, for the header alone, once or for good). Which filters a list honours comes from
+:mod:`notifier.sandbox.api`, the sandbox's own description of Dentally.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from email.utils import formatdate
 from typing import Any
 
 import anyio
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from notifier.core.resources import RESOURCES
 from notifier.core.timefmt import parse_ms
-from notifier.sandbox.state import INT_IDS, Key, Sandbox
-
-SINGULAR = {r.name: r.singular for r in RESOURCES.values()}
-EXCLUDED_STATES = frozenset({"Cancelled", "Did not attend"})
+from notifier.sandbox.api import ENDPOINTS, HIDDEN_APPOINTMENT_STATES
+from notifier.sandbox.ledger import LedgerRequests
+from notifier.sandbox.state import Key, Sandbox
 
 
 def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -45,7 +47,12 @@ def build_app(sb: Sandbox) -> Starlette:
     """The ASGI application serving ``sb``."""
 
     def date_header() -> str:
-        return formatdate(sb.clock.now_ms() / 1000, usegmt=True)
+        """Called once per response: consumes one of the one-shot ``date_offsets``."""
+        q = sb.quirks
+        ms = sb.clock.now_ms() + q.date_skew_ms
+        if q.date_offsets:
+            ms += int(q.date_offsets.pop(0))
+        return formatdate(ms / 1000, usegmt=True)
 
     async def gate(request: Request) -> tuple[Key, dict[str, str]]:
         q = sb.quirks
@@ -64,15 +71,10 @@ def build_app(sb: Sandbox) -> Starlette:
         if key.last_used_ms is not None and now - key.last_used_ms > q.key_idle_expiry * 1000:
             sb.rejected[token] = sb.rejected.get(token, 0) + 1
             raise _Reject(_error(401, "unauthorized", "API key has expired", base))
-        allowed, remaining, reset = sb.spend(key.user_id)
-        headers = {**base, "x-ratelimit-limit": str(q.rate_limit),
-                   "x-ratelimit-remaining": str(remaining), "x-ratelimit-reset": str(reset)}
-        if not allowed:
-            if q.rate_limit_status == 429:
-                retry = str(max(1, reset - now // 1000))
-                raise _Reject(_error(429, "rate_limited", "Rate limit exceeded",
-                                     {**headers, "retry-after": retry}))
-            raise _Reject(_error(403, "forbidden", "Rate limit exceeded", headers))
+        verdict = sb.admit(token, key.user_id)
+        headers = {**base, **verdict.headers}
+        if verdict.status != 200:
+            raise _Reject(_json(verdict.body, verdict.status, headers))
         key.last_used_ms = now
         sb.requests[token] = sb.requests.get(token, 0) + 1
         sb.requests_total += 1
@@ -96,7 +98,7 @@ def build_app(sb: Sandbox) -> Starlette:
     async def gate_resource(request: Request) -> tuple[str, dict[str, str]]:
         """``gate`` plus the resource's existence (404) and the key's scope for it (403)."""
         resource = str(request.path_params["resource"])
-        if resource not in INT_IDS:
+        if resource not in ENDPOINTS:
             raise _Reject(_error(404, "not_found", f"Unknown resource {resource}",
                                  {"date": date_header()}))
         key, headers = await gate(request)
@@ -134,34 +136,56 @@ def build_app(sb: Sandbox) -> Starlette:
 
     def _list(request: Request, resource: str, headers: dict[str, str]) -> Response:
         q = sb.quirks
+        honours = ENDPOINTS[resource].filters
+        params = request.query_params
+
+        def param(name: str) -> str | None:
+            # Dentally silently ignores a filter the endpoint does not support.
+            return params.get(name) if name in honours else None
+
         page = max(1, _int(request, "page", 1, headers))
         per_page = _int(request, "per_page", 25, headers)
         if per_page > 100 or per_page < 1:
             per_page = 25
-        after = _time(request, "updated_after", headers)
-        before = None if resource == "appointments" else _time(request, "updated_before",
-                                                                 headers)
-        order = request.query_params.get("sort_by", q.order)
+        after = _time(request, "updated_after", headers) if param("updated_after") else None
+        before = (_time(request, "updated_before", headers) if param("updated_before")
+                  else None)
+        order = params.get("sort_by", q.order)
         if order not in ("id", "updated_at"):
             order = "id"
-        descending = request.query_params.get("sort_direction") == "desc"
-        keep = None
-        dated_after = request.query_params.get("dated_after")
-        if resource == "appointments" and request.query_params.get("cancelled") != "true":
-            def keep(row: dict[str, Any]) -> bool:
-                return row.get("state") not in EXCLUDED_STATES
-        elif dated_after is not None:
+        descending = params.get("sort_direction") == "desc"
+        tests: list[Callable[[dict[str, Any]], bool]] = []
+        variant: list[str] = []
+        if "cancelled" in honours and param("cancelled") != "true":
+            tests.append(lambda row: row.get("state") not in HIDDEN_APPOINTMENT_STATES)
+            variant.append("active")
+        for name, sign in (("after", 1), ("before", -1)):
+            if param(name):
+                bound = _time(request, name, headers)
+                assert bound is not None
+
+                def starts(row: dict[str, Any], bound: int = bound, sign: int = sign) -> bool:
+                    start = row.get("start_time")
+                    return isinstance(start, str) and sign * (parse_ms(start) - bound) > 0
+                tests.append(starts)
+                variant.append(f"{name}={bound}")
+        dated_after = param("dated_after")
+        if dated_after is not None:
             if len(dated_after) != 10 or dated_after[4] != "-":
                 raise _Reject(_error(400, "bad_request", "dated_after must be YYYY-MM-DD",
                                      headers))
+            tests.append(lambda row: str(row.get("dated_on", "")) >= dated_after)
+            variant.append(f"dated_after={dated_after}")
 
-            def keep(row: dict[str, Any]) -> bool:
-                return str(row.get("dated_on", "")) >= dated_after
+        def keep(row: dict[str, Any]) -> bool:
+            return all(t(row) for t in tests)
+
         offset = (page - 1) * per_page
         if q.deep_page_limit is not None and offset >= q.deep_page_limit:
             raise _Reject(_error(413, "payload_too_large", "Page too deep", headers))
         table = sb.tables[resource]
-        ids = table.query(after, before, order, descending, keep, dated_after)
+        ids = table.query(after, before, order, descending, keep if tests else None,
+                          ",".join(variant) or None)
         chunk = ids[offset:offset + per_page]
         if q.unstable_rate and chunk:
             chunk = list(chunk)
@@ -175,7 +199,20 @@ def build_app(sb: Sandbox) -> Starlette:
         meta = {"total_count": total, "current_page": page,
                 # Dentally's total_pages is unreliable; the sandbox's is too.
                 "total_pages": max(1, -(-total // 25))}
-        return _json({resource: rows, "meta": meta}, headers=headers)
+        response = _json({resource: rows, "meta": meta}, headers=headers)
+        _between_pages(resource, page, [str(r["id"]) for r in rows])
+        return response
+
+    def _between_pages(resource: str, page: int, served: list[str]) -> None:
+        """Fire the one-shot writes due after this page (``Quirks.between_pages``)."""
+        due = [h for h in sb.quirks.between_pages
+               if h.get("resource") == resource and int(h.get("after_page", 1)) == page]
+        for hook in due:
+            sb.quirks.between_pages.remove(hook)
+            for rid in served[:int(hook.get("delete", 0))]:
+                sb.delete(resource, rid)
+            for _ in range(int(hook.get("create", 0))):
+                sb.create(resource)
 
     async def single(request: Request) -> Response:
         try:
@@ -185,7 +222,7 @@ def build_app(sb: Sandbox) -> Starlette:
         row = sb.tables[resource].rows.get(request.path_params["id"])
         if row is None:
             return _error(404, "not_found", "Record not found", headers)
-        return _json({SINGULAR[resource]: row}, headers=headers)
+        return _json({ENDPOINTS[resource].singular: row}, headers=headers)
 
     # -- control API --------------------------------------------------------------------
     async def body(request: Request) -> dict[str, Any]:
@@ -196,7 +233,7 @@ def build_app(sb: Sandbox) -> Starlette:
         return data
 
     def known(resource: str) -> None:
-        if resource not in INT_IDS:
+        if resource not in ENDPOINTS:
             raise _Reject(_error(404, "not_found", f"Unknown resource {resource}"))
 
     async def control(request: Request) -> Response:
@@ -213,8 +250,8 @@ def build_app(sb: Sandbox) -> Starlette:
         data = await body(request) if method in ("POST", "PATCH", "PUT") else {}
         if parts == ["reset"] and method == "POST":
             for name in list(sb.tables):
-                sb.tables[name] = type(sb.tables[name])(name)
-            sb.windows.clear()
+                sb.tables[name] = type(sb.tables[name])(name, sb.ledger)
+            sb.limiter.clear()
             sb.requests.clear()
             return _json({"ok": True})
         if parts == ["clock"]:
@@ -230,6 +267,10 @@ def build_app(sb: Sandbox) -> Starlette:
                 c.frozen_ms = None if data["freeze_ms"] is None else int(data["freeze_ms"])
             return _json({"now_ms": c.now_ms(), "offset_ms": c.offset_ms,
                           "frozen_ms": c.frozen_ms})
+        if parts == ["ledger"] and method == "GET":
+            since = int(request.query_params.get("since", 0))
+            rsince = int(request.query_params.get("requests_since", 0))
+            return _json(sb.ledger.snapshot(since, rsince))
         if parts == ["quirks"]:
             if method == "POST":
                 sb.quirks.update(data)
@@ -237,7 +278,8 @@ def build_app(sb: Sandbox) -> Starlette:
         if parts == ["stats"]:
             return _json({"requests": sb.requests, "rejected": sb.rejected,
                           "per_window": {str(u): {str(w): n for w, n in c.items()}
-                                         for u, c in sb.per_window.items()},
+                                         for u, c in sb.limiter.per_window.items()},
+                          "log": sb.limiter.log,
                           "total": sb.requests_total,
                           "now_ms": sb.clock.now_ms()})
         if parts and parts[0] == "keys":
@@ -311,4 +353,4 @@ def build_app(sb: Sandbox) -> Starlette:
         Route("/v1/{resource}/{id}", single, methods=["GET"]),
         Route("/_sandbox/{rest:path}", control, methods=["GET", "POST", "PATCH", "DELETE"]),
     ]
-    return Starlette(routes=routes)
+    return Starlette(routes=routes, middleware=[Middleware(LedgerRequests, ledger=sb.ledger)])

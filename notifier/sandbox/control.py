@@ -65,6 +65,12 @@ class SandboxControl:
     async def stats(self) -> dict[str, Any]:
         return dict(await self._call("GET", "/stats"))
 
+    async def ledger(self, since: int = 0, requests_since: int = 0) -> dict[str, Any]:
+        """Ground truth: the writes and API requests after the given sequence numbers
+        (see :mod:`notifier.sandbox.ledger`)."""
+        return dict(await self._call(
+            "GET", f"/ledger?since={since}&requests_since={requests_since}"))
+
     async def aclose(self) -> None:
         if self._own:
             await self._http.aclose()

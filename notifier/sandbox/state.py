@@ -16,12 +16,14 @@ from zoneinfo import ZoneInfo
 
 from sortedcontainers import SortedList
 
-from notifier.core.resources import RESOURCES
+from notifier.sandbox.api import ENDPOINTS
 from notifier.sandbox.fake import Faker
+from notifier.sandbox.ledger import Ledger
+from notifier.sandbox.limits import Limiter, Verdict
 
 DAY_MS = 86_400_000
 # Resources the sandbox serves, and whether their ids are integers (else GUID strings).
-INT_IDS = {r.name: r.int_ids for r in RESOURCES.values()}
+INT_IDS = {e.name: e.int_ids for e in ENDPOINTS.values()}
 
 
 class Clock:
@@ -60,7 +62,25 @@ class Quirks:
     """Length of the fixed rate window in seconds (aligned on the sandbox clock)."""
     rate_limit_status: int = 403
     """What an exhausted budget answers: 403 (observed) or 429 with Retry-After."""
+    rate_window_start: str = "clock"
+    """``clock``: windows aligned on the sandbox clock; ``first_request``: a window starts
+    at the user's first request after the last one ended (see :mod:`.limits`)."""
+    burst_limit: int = 0
+    """Per key, at most this many requests in any second, else 429 (0: off)."""
     key_idle_expiry: float = 14 * 86400.0
+    date_skew_ms: int = 0
+    """Added to every ``Date`` header (only the header: record stamps keep the clock)."""
+    date_offsets: list[int] = field(default_factory=list)
+    """One-shot ``Date`` offsets: the next responses' headers, one each, in order, are moved
+    by these many ms (one load-balancer node with a bad clock)."""
+    between_pages: list[dict[str, Any]] = field(default_factory=list)
+    """One-shot writes made right after a list page is served, before the next request:
+    ``{"resource": "appointments", "after_page": 1, "delete": 1, "create": 1}`` deletes the
+    first ``delete`` rows of that page (rows the client has just read) and creates
+    ``create`` new records. Each entry fires once."""
+    write_skew_ms: int = 0
+    """Added to the stamps of records written from now on (an app server whose clock is
+    fast: its rows carry an ``updated_at`` in the server's future)."""
     seed: int = 7
 
     def update(self, values: dict[str, Any]) -> None:
@@ -89,8 +109,9 @@ def _sort_id(record_id: str, int_ids: bool) -> Any:
 class Table:
     """One resource's rows, indexed by ``updated_at`` for fast incremental queries."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, ledger: Ledger | None = None) -> None:
         self.name = name
+        self.ledger = ledger
         self.int_ids = INT_IDS[name]
         self.rows: dict[str, dict[str, Any]] = {}
         self.updated: dict[str, int] = {}
@@ -108,6 +129,8 @@ class Table:
         self.index.add((updated_ms, sid, record_id))
         self.version += 1
         self._cache.clear()
+        if self.ledger is not None:
+            self.ledger.write(self.name, record_id, row, updated_ms)
 
     def delete(self, record_id: str) -> bool:
         if record_id not in self.rows:
@@ -117,6 +140,8 @@ class Table:
         del self.rows[record_id]
         self.version += 1
         self._cache.clear()
+        if self.ledger is not None:
+            self.ledger.write(self.name, record_id, None, None)
         return True
 
     def query(self, after: int | None, before: int | None, order: str, descending: bool,
@@ -154,13 +179,13 @@ class Sandbox:
         self.quirks = Quirks(seed=seed)
         self.faker = Faker(seed)
         self.rng = random.Random(seed)
-        self.tables = {name: Table(name) for name in INT_IDS}
+        self.ledger = Ledger()
+        self.tables = {name: Table(name, self.ledger) for name in INT_IDS}
         self.next_id = {name: 1000 for name in INT_IDS}
         self.keys: dict[str, Key] = {}
-        self.windows: dict[int, tuple[int, int]] = {}   # user_id -> (window start, used)
+        self.limiter = Limiter()
         self.requests: dict[str, int] = {}              # token -> API requests made
         self.rejected: dict[str, int] = {}              # token -> requests refused with 401
-        self.per_window: dict[int, dict[int, int]] = {}  # user -> window start -> requests
         self.requests_total = 0
 
     # -- time -------------------------------------------------------------------------
@@ -168,6 +193,10 @@ class Sandbox:
         """``ms`` as Dentally writes it: milliseconds and the practice's local offset."""
         dt = datetime.fromtimestamp(ms // 1000, tz=self.tz) + timedelta(milliseconds=ms % 1000)
         return dt.isoformat(timespec="milliseconds")
+
+    def write_ms(self) -> int:
+        """The stamp a write made now gets (the clock, plus any ``write_skew_ms``)."""
+        return self.clock.now_ms() + self.quirks.write_skew_ms
 
     # -- records ----------------------------------------------------------------------
     def new_id(self, resource: str) -> str:
@@ -179,7 +208,7 @@ class Sandbox:
     def create(self, resource: str, fields: dict[str, Any] | None = None,
                at_ms: int | None = None) -> dict[str, Any]:
         table = self.tables[resource]
-        now = self.clock.now_ms() if at_ms is None else at_ms
+        now = self.write_ms() if at_ms is None else at_ms
         record_id = str(fields["id"]) if fields and "id" in fields else self.new_id(resource)
         body = self._generate(resource, now)
         body.update({k: v for k, v in (fields or {}).items() if k != "id"})
@@ -215,7 +244,7 @@ class Sandbox:
         row = table.rows.get(record_id)
         if row is None:
             return None
-        now = self.clock.now_ms() if at_ms is None else at_ms
+        now = self.write_ms() if at_ms is None else at_ms
         changes = fields if fields is not None else self._real_change(resource, row)
         new = {**row, **{k: v for k, v in changes.items() if k not in ("id", "created_at")}}
         if resource == "appointments" and "state" in changes:
@@ -256,21 +285,10 @@ class Sandbox:
         self.keys[token] = key
         return key
 
-    def spend(self, user_id: int) -> tuple[bool, int, int]:
-        """Count one request in the user's fixed window: (allowed, remaining, reset_epoch_s)."""
-        now = self.clock.now_ms()
-        length = int(self.quirks.rate_window * 1000)
-        start = now - now % length
-        w_start, used = self.windows.get(user_id, (start, 0))
-        if w_start != start:
-            used = 0
-        limit = self.quirks.rate_limit
-        reset = (start + length) // 1000
-        if used >= limit:
-            self.windows[user_id] = (start, used)
-            return False, 0, reset
-        used += 1
-        self.windows[user_id] = (start, used)
-        counts = self.per_window.setdefault(user_id, {})
-        counts[start] = counts.get(start, 0) + 1
-        return True, limit - used, reset
+    def admit(self, token: str, user_id: int) -> Verdict:
+        """Both rate limits for one request now (see :mod:`notifier.sandbox.limits`)."""
+        q = self.quirks
+        return self.limiter.admit(token, user_id, self.clock.now_ms(), limit=q.rate_limit,
+                                  window_s=q.rate_window, start_mode=q.rate_window_start,
+                                  hourly_status=q.rate_limit_status,
+                                  burst_limit=q.burst_limit)

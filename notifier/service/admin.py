@@ -1,14 +1,16 @@
-"""Operator commands that act on one subscriber: ``redeliver`` and ``subscriber enable``."""
+"""Operator commands: ``redeliver`` and ``subscriber enable`` act on one subscriber,
+``reconcile`` on one practice's resource."""
 
 from __future__ import annotations
 
 import fnmatch
+import json
 import time
 from typing import Any, TextIO
 
 from redis.asyncio import Redis
 
-from notifier.config import Settings, SubscriberConfig
+from notifier.config import PracticeConfig, Settings, SubscriberConfig
 from notifier.core.timefmt import parse_ms
 from notifier.delivery.sender import Sender
 from notifier.errors import ConfigError
@@ -105,3 +107,49 @@ async def enable(settings: Settings, name: str, out: TextIO) -> None:
               "daemon resumes delivery within a second", file=out)
     finally:
         await redis.aclose()
+
+
+def find_practice(settings: Settings, name: str) -> PracticeConfig:
+    for p in settings.practices:
+        if p.name == name:
+            return p
+    known = ", ".join(p.name for p in settings.practices) or "none"
+    raise ConfigError(f"no practice named {name!r} in the config (configured: {known})")
+
+
+async def reconcile(settings: Settings, practice: str, resource: str, out: TextIO, *,
+                    accept: bool) -> bool:
+    """Ask the running daemon for a reconciliation sweep of one resource now; with
+    ``accept``, also accept the deletions a sweep held (``max_delete_fraction``). False
+    when there was nothing to accept."""
+    cfg = find_practice(settings, practice)
+    if resource not in cfg.resources:
+        raise ConfigError(f"practice {practice!r} does not poll {resource!r} "
+                          f"(resources: {', '.join(cfg.resources)})")
+    redis = await connect(settings)
+    key = Keys(settings.redis.prefix).cursor(practice, resource)
+    try:
+        raw: Any = await redis.hget(key, "reconcile_held")
+        held = json.loads(raw) if raw else None
+        fields: dict[Any, Any] = {"reconcile_due": str(time.time())}
+        if accept:
+            if not held:
+                print(f"no deletions are held for {practice}/{resource}; nothing to accept",
+                      file=out)
+                return False
+            fields["reconcile_accept"] = str(int(held["would_delete"]))
+        await redis.hset(key, mapping=fields)
+    finally:
+        await redis.aclose()
+    if accept and held:
+        print(f"accepted up to {held['would_delete']} deletions of {held['tracked']} "
+              f"{resource} records; the running daemon sweeps {resource} again at its next "
+              "poll and publishes the deletions it confirms (each by a 404)", file=out)
+    else:
+        print(f"sweep of {practice}/{resource} requested; the running daemon starts it at "
+              "its next poll", file=out)
+        if held:
+            print(f"held: the last sweep would delete {held['would_delete']} of "
+                  f"{held['tracked']} records; accept with `dentally-notifier reconcile "
+                  f"{practice} {resource} --accept`", file=out)
+    return True

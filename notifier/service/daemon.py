@@ -29,7 +29,8 @@ from notifier.ops.metrics import app as metrics_app
 from notifier.ops.systemd import SystemdNotifier, watchdog_interval
 from notifier.service import retention
 from notifier.service.delivery import SubscriberWorker, supervise
-from notifier.service.practice import PracticeRunner, owner_id
+from notifier.service.keygroup import KeyHub
+from notifier.service.practice import PracticeRunner, budget_for
 from notifier.store.delivery import DeliveryStore, groups, unacked
 from notifier.store.keys import Keys
 from notifier.store.redis import Store
@@ -126,8 +127,8 @@ class Daemon:
         self.redis = redis
         self.keys = Keys(settings.redis.prefix)
         self.store = Store(redis, self.keys, settings.redis.stream)
-        self.owner = owner_id()
         self.notify = SystemdNotifier()
+        self.keys_hub = KeyHub(settings.practices, budget_for)
         self.health = Health()
         self.metrics = Metrics()
         self.practices: dict[str, tuple[PracticeConfig, PracticeRunner, anyio.CancelScope]] = {}
@@ -148,9 +149,12 @@ class Daemon:
         with scope:
             await fn()
 
-    def _start_practice(self, cfg: PracticeConfig) -> None:
+    def _start_practice(self, cfg: PracticeConfig, take_over: str | None = None) -> None:
+        """Start a practice's runner; ``take_over`` is the lease token of the runner it
+        replaces on a reload, handed on in one step so that the practice is never free."""
         assert self._tg is not None
-        runner = PracticeRunner(self.store, cfg, self.owner, health=self.health,
+        runner = PracticeRunner(self.store, cfg, lease_ttl=self.settings.redis.practice_lease,
+                                take_over=take_over, hub=self.keys_hub, health=self.health,
                                 metrics=self.metrics)
         scope = anyio.CancelScope()
         self.practices[cfg.name] = (cfg, runner, scope)
@@ -227,15 +231,18 @@ class Daemon:
                      new.log.level)
         old_p = {p.name: p for p in self.settings.practices}
         new_p = {p.name: p for p in new.practices}
+        self.keys_hub.update(new.practices)
+        handed: dict[str, str | None] = {}
         for name, (cfg, runner, scope) in list(self.practices.items()):
             if name not in new_p or new_p[name] != cfg:
+                handed[name] = runner.lease_token()
                 scope.cancel()
                 del self.practices[name]
             else:
                 runner.reload()
         for name, cfg in new_p.items():
             if name not in self.practices:
-                self._start_practice(cfg)
+                self._start_practice(cfg, take_over=handed.get(name))
         old_s = {s.name: s for s in self.settings.subscribers}
         new_s = {s.name: s for s in new.subscribers}
         for name, (sub, _, scope) in list(self.subscribers.items()):

@@ -1,5 +1,9 @@
 """Polls one resource of one practice: windows from the cursor rules, pages from the client,
-changes from the diff, and one atomic commit per page.
+changes from the page diff, and one atomic commit per page.
+
+The decisions live in :mod:`notifier.core` (``cursor``: windows and when a window is read
+completely; ``diff``: what a page means against its snapshots; ``reconcile``: when
+deletions fail closed); this module does the IO around them.
 """
 
 from __future__ import annotations
@@ -15,16 +19,19 @@ from typing import Any
 import anyio
 
 from notifier.core import cursor
-from notifier.core.diff import diff
+from notifier.core import reconcile as rules
+from notifier.core.diff import dedupe, page_diff, updated_ms
 from notifier.core.resources import Resource
 from notifier.core.timefmt import format_ms, format_us
 from notifier.dentally.client import DentallyClient, Page
 from notifier.errors import NotFound, PageTooDeep
-from notifier.events import Event, canonical, record_event
+from notifier.events import Event, canonical, notifier_event, record_event
 from notifier.store.codec import Codec, learn
-from notifier.store.redis import Store
+from notifier.store.redis import DictionaryConflict, Store
 
 log = logging.getLogger("notifier.poller")
+
+ACCEPT_HINT = "dentally-notifier reconcile {practice} {resource} --accept"
 
 
 def _utcnow() -> datetime:
@@ -36,54 +43,54 @@ class PageChanges:
     events: list[Event]
     snapshots: dict[str, bytes]
     zdict: bytes | None
+    """The dictionary the snapshots need, while it may not be stored yet."""
 
 
-def dedupe(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per id (an unstable page can serve one twice), the later ``updated_at`` kept."""
-    by_id: dict[str, dict[str, Any]] = {}
-    for row in rows:
-        rid = str(row["id"])
-        other = by_id.get(rid)
-        if other is None or str(row.get("updated_at", "")) >= str(other.get("updated_at", "")):
-            by_id[rid] = row
-    return list(by_id.values())
+Unreadable = Callable[[str, Exception], None]
 
 
 def changes_for_page(practice: str, resource: str, rows: list[dict[str, Any]],
                      olds: list[bytes | None], codec: Codec, *, emit_created: bool,
-                     now: datetime) -> PageChanges:
-    """Diff a page against its snapshots: the events to publish and snapshots to write."""
+                     now: datetime, server_now: int | None = None,
+                     unreadable: Unreadable | None = None) -> PageChanges:
+    """Diff a page against its snapshots: the events to publish and snapshots to write.
+
+    A snapshot that cannot be read back is treated as missing (``unreadable`` hears of it).
+    A dictionary learned here is adopted at once but stays pending, and goes with every
+    commit of snapshots until one stores it."""
     canons = [canonical(r) for r in rows]
-    zdict = None
     if codec.zdict is None:
         zdict = learn(canons)
         if zdict is not None:
             codec.adopt(zdict)
+    todo: list[tuple[dict[str, Any], bytes, dict[str, Any] | None]] = []
+    for row, canon, blob in zip(rows, canons, olds, strict=True):
+        old = None
+        if blob is not None:
+            try:
+                old_bytes = codec.decode_bytes(blob)
+                if old_bytes == canon:
+                    continue
+                old = json.loads(old_bytes)
+                if not isinstance(old, dict):
+                    raise ValueError("snapshot is not a JSON object")
+            except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
+                if unreadable is not None:
+                    unreadable(str(row["id"]), exc)
+                old = None
+        todo.append((row, canon, old))
+    verdicts = page_diff([t[0] for t in todo], [t[2] for t in todo],
+                         emit_created=emit_created, server_now=server_now)
     events: list[Event] = []
     snaps: dict[str, bytes] = {}
     stamp = format_us(now)
-    for row, canon, old_blob in zip(rows, canons, olds, strict=True):
-        rid = str(row["id"])
-        old = None
-        if old_blob is not None:
-            try:
-                old_bytes = codec.decode_bytes(old_blob)
-            except Exception as exc:  # zlib.error or ValueError: a corrupt blob
-                log.warning("snapshot of %s %s unreadable (%s); treating it as new",
-                            resource, rid, exc, extra={"practice": practice})
-                old_bytes = None
-            if old_bytes == canon:
-                continue
-            if old_bytes is not None:
-                old = json.loads(old_bytes)
-        change, store_it = diff(old, row)
-        if store_it:
-            snaps[rid] = codec.encode(canon)
-        if change is None or (change.kind == "created" and not emit_created):
-            continue
-        events.append(record_event(practice, resource, change.kind, row, stamp,
-                                   change.changes, canon))
-    return PageChanges(events, snaps, zdict)
+    for (row, canon, _), verdict in zip(todo, verdicts, strict=True):
+        if verdict.store:
+            snaps[str(row["id"])] = codec.encode(canon)
+        if verdict.publish is not None:
+            events.append(record_event(practice, resource, verdict.publish.kind, row, stamp,
+                                       verdict.publish.changes, canon))
+    return PageChanges(events, snaps, codec.pending() if snaps else None)
 
 
 class _Prefetch:
@@ -92,8 +99,9 @@ class _Prefetch:
     Its failure is kept and raised when the page is taken, never in the task group.
     """
 
-    def __init__(self, key: tuple[cursor.Window, int]) -> None:
+    def __init__(self, key: tuple[cursor.Window, int], asked_at: int | None) -> None:
         self.key = key
+        self.asked_at = asked_at
         self.done = anyio.Event()
         self.page: Page | None = None
         self.error: Exception | None = None
@@ -124,6 +132,7 @@ class ResourcePoller:
 
     def __init__(self, store: Store, client: DentallyClient, practice: str,
                  resource: Resource, policy: cursor.Policy, *, initial_sync: str = "seed",
+                 max_delete_fraction: float = 0.2,
                  now: Callable[[], datetime] = _utcnow,
                  wall: Callable[[], float] = time.time) -> None:
         self.store = store
@@ -132,6 +141,7 @@ class ResourcePoller:
         self.resource = resource
         self.policy = policy
         self.initial_sync = initial_sync
+        self.max_delete_fraction = max_delete_fraction
         self._now = now
         self._wall = wall
         self.pages = 0
@@ -139,11 +149,36 @@ class ResourcePoller:
         """Called after every committed page: a long backfill is progress."""
         self.on_events: Callable[[list[Event]], object] | None = None
         """Called with the events of every committed page (metrics)."""
+        self.on_stat: Callable[[str, int], object] | None = None
+        """Called with ``(name, count)`` for the metrics: ``rereads`` (windows read again),
+        ``incomplete`` (windows given up on for this poll, or accepted by a sweep from an
+        incomplete union), ``unreadable`` (snapshots that did not decode), ``suspicious``
+        (sweeps whose deletions were held)."""
         self._first_sync: list[Any] | None = None
+        self._unreadable_logged: set[str] = set()
+        self._extra = {"practice": practice, "resource": resource.name}
 
     @property
     def closed(self) -> bool:
         return self.resource.closed_windows and self.resource.strategy == "incremental"
+
+    def _stat(self, name: str, count: int = 1) -> None:
+        if self.on_stat is not None and count:
+            self.on_stat(name, count)
+
+    def _events(self, events: list[Event]) -> None:
+        if self.on_events is not None and events:
+            self.on_events(events)
+
+    def _unreadable(self, rid: str, exc: Exception) -> None:
+        """A snapshot that does not decode: treated as missing, logged once, counted."""
+        self._stat("unreadable")
+        key = self.store.keys.snapshots(self.practice, self.resource.name)
+        if rid in self._unreadable_logged or len(self._unreadable_logged) > 10_000:
+            return
+        self._unreadable_logged.add(rid)
+        log.warning("snapshot %s field %s cannot be read (%s); treating the record as new",
+                    key, rid, exc, extra=self._extra)
 
     async def _server_now(self) -> int:
         server_now = self.client.server_now()
@@ -155,9 +190,9 @@ class ResourcePoller:
             server_now = int(self._wall() * 1000) - self.policy.overlap_ms
         return server_now
 
-    def _fetcher(self, window: cursor.Window, page: int, last: bool,
+    def _fetcher(self, window: cursor.Window, page: int, bounded: bool,
                  bulk: bool = True) -> Callable[[], Awaitable[Page]]:
-        after, before = cursor.query_bounds(window, self.closed, self.policy, last)
+        after, before = cursor.query_bounds(window, bounded, self.policy)
         dated_after = None
         if self.resource.strategy != "incremental":
             after = before = None
@@ -181,7 +216,6 @@ class ResourcePoller:
             progress = cursor.Progress(cursor=None, synced=progress.synced)
         progress = cursor.start(progress, await self._server_now(), self.policy)
         reader = cursor.WindowRead(progress, self.closed, self.policy)
-        codec = await store.codec(self.practice, name)
         self._first_sync = None
         if not progress.synced and self.resource.strategy == "incremental":
             raw = await store.redis.hmget(store.keys.cursor(self.practice, name),
@@ -189,7 +223,7 @@ class ResourcePoller:
             done, began = (v.decode() if isinstance(v, bytes) else v for v in raw)
             self._first_sync = [int(done or 0), began or str(self._wall())]
         try:
-            return await self._read_windows(reader, codec)
+            return await self._read_windows(reader)
         except BaseExceptionGroup as group:
             # The task group only holds the page fetched ahead, whose errors are re-raised
             # in order; surface the one error as itself, for the caller's except clauses.
@@ -207,17 +241,47 @@ class ResourcePoller:
                 status["backfill_total"] = str(page.total_count)
         return status
 
-    async def _read_windows(self, reader: cursor.WindowRead, codec: Codec,
+    async def _commit_page(self, rows: list[dict[str, Any]], *, emit_created: bool,
+                           progress: cursor.Progress | None,
+                           status: dict[str, str]) -> list[Event]:
+        """Diff ``rows`` against their snapshots and commit the result with ``progress``.
+
+        If another process stored another dictionary meanwhile, nothing was written: the
+        page is diffed again with the stored one."""
+        store, name = self.store, self.resource.name
+        for attempt in (1, 2):
+            codec = await store.codec(self.practice, name)
+            olds = await store.snapshots(self.practice, name, [str(r["id"]) for r in rows])
+            changes = changes_for_page(self.practice, name, rows, olds, codec,
+                                       emit_created=emit_created, now=self._now(),
+                                       server_now=self.client.server_now(),
+                                       unreadable=self._unreadable)
+            try:
+                await store.commit(self.practice, name, progress=progress,
+                                   snapshots=changes.snapshots, events=changes.events,
+                                   zdict=changes.zdict, status=status)
+            except DictionaryConflict:
+                if attempt == 2:
+                    raise
+                continue
+            if changes.zdict is not None:
+                codec.saved = True
+            self._events(changes.events)
+            return changes.events
+        raise AssertionError("unreachable")
+
+    async def _read_windows(self, reader: cursor.WindowRead,
                             sweep: set[str] | None = None) -> int:
         """Read every pending window of ``reader``, committing each page.
 
         A ``sweep`` (reconciliation) collects the ids it sees into the set and leaves the
-        stored cursor alone; a poll persists its progress with each page.
-        """
+        stored cursor alone; a poll persists its progress with each page. A poll that gives
+        up on a window for now (re-read ``max_reads`` times) stops there."""
         store, name = self.store, self.resource.name
         persist = sweep is None
         published = 0
         ahead: _Prefetch | None = None
+        later = False
         async with anyio.create_task_group() as tg:
             while reader.progress.windows:
                 key = (reader.window, reader.progress.page)
@@ -225,19 +289,21 @@ class ResourcePoller:
                 emit_created = self.initial_sync == "emit" or reader.progress.synced
                 try:
                     if ahead is not None and ahead.key == key:
+                        asked_at = ahead.asked_at
                         page = await ahead.take()
                     else:
                         # The first page of a synced resource's only window is the steady
                         # poll; everything else (backfill, catch-up, sweeps) is bulk work.
                         steady = (persist and last and key[1] == 1 and reader.progress.synced
                                   and self.resource.strategy == "incremental")
-                        page = await self._fetcher(*key, last, not steady)()
+                        asked_at = self.client.server_now()
+                        page = await self._fetcher(*key, reader.bounded, not steady)()
                 except PageTooDeep:
                     split = reader.too_deep()
                     if split is None:
                         raise
                     log.info("page too deep; window split in %d", len(split[1].windows),
-                             extra={"practice": self.practice, "resource": name})
+                             extra=self._extra)
                     if persist:
                         await store.commit(self.practice, name, progress=split[1])
                     continue
@@ -246,33 +312,56 @@ class ResourcePoller:
                 self.pages += 1
                 whole = (key[0].lo is None and key[1] == 1
                          and len(reader.progress.windows) == 1)
-                outcome, new_progress = reader.page_read([str(r["id"]) for r in page.rows],
-                                                         page.total_count)
+                outcome, new_progress = reader.page_read(
+                    [str(r["id"]) for r in page.rows], page.total_count,
+                    [updated_ms(r) for r in page.rows], now=asked_at)
                 if outcome is cursor.Outcome.NEXT:
-                    ahead = _Prefetch((reader.window, new_progress.page))
-                    tg.start_soon(ahead.run, self._fetcher(*ahead.key, last))
+                    ahead = _Prefetch((reader.window, new_progress.page),
+                                      self.client.server_now())
+                    tg.start_soon(ahead.run, self._fetcher(*ahead.key, reader.bounded))
                 rows = dedupe(page.rows)
                 if sweep is not None:
                     sweep.update(str(r["id"]) for r in rows)
                     emit_created = True
-                olds = await store.snapshots(self.practice, name, [str(r["id"]) for r in rows])
-                changes = changes_for_page(self.practice, name, rows, olds, codec,
-                                           emit_created=emit_created, now=self._now())
-                await store.commit(self.practice, name,
-                                   progress=new_progress if persist else None,
-                                   snapshots=changes.snapshots, events=changes.events,
-                                   zdict=changes.zdict,
-                                   status=self._progress_status(whole, page) if persist
-                                   else {"last_page_at": str(self._wall())})
-                published += len(changes.events)
-                if self.on_events is not None and changes.events:
-                    self.on_events(changes.events)
+                events = await self._commit_page(
+                    [dict(r) for r in rows], emit_created=emit_created,
+                    progress=new_progress if persist else None,
+                    status=self._progress_status(whole, page) if persist
+                    else {"last_page_at": str(self._wall())})
+                published += len(events)
                 if self.heartbeat is not None:
                     self.heartbeat()
-        if persist:
-            await store.note(self.practice, name, last_poll_at=str(self._wall()),
-                             last_error="")
+                if outcome is cursor.Outcome.LATER:
+                    later = True
+                    break
+        await self._note_reads(reader, later, persist)
         return published
+
+    async def _note_reads(self, reader: cursor.WindowRead, later: bool, persist: bool) -> None:
+        """Status and metrics of the re-reads this poll or sweep needed."""
+        self._stat("rereads", reader.rereads)
+        self._stat("incomplete", reader.incomplete)
+        fields: dict[str, str] = {}
+        if reader.rereads or reader.incomplete:
+            what = "sweep" if not persist else "poll"
+            fields["reread_note"] = (
+                f"{what} re-read windows {reader.rereads} times"
+                + (f"; {reader.incomplete} window(s) still incomplete"
+                   + (", retried next poll" if later else ", missing ids fetched one by one")
+                   if reader.incomplete else "; all read completely"))
+            fields["reread_at"] = str(self._wall())
+            log.info("%s", fields["reread_note"], extra=self._extra)
+        if persist:
+            fields.update(last_poll_at=str(self._wall()), last_error="",
+                          window_waiting="1" if later else "")
+        if fields:
+            await self.store.note(self.practice, self.resource.name, **fields)
+
+    async def sweep_requested(self) -> bool:
+        """Whether ``dentally-notifier reconcile`` asked for a sweep of this resource."""
+        raw = await self.store.redis.hget(
+            self.store.keys.cursor(self.practice, self.resource.name), "reconcile_due")
+        return bool(raw)
 
     async def reconcile(self) -> tuple[int, int]:
         """A full sweep: every id Dentally lists, against every id we hold.
@@ -280,39 +369,74 @@ class ResourcePoller:
         An id we hold that the sweep did not see is fetched on its own: a 404 confirms the
         deletion (``<type>.deleted`` with the last known record); a record that is there
         after all (an unstable page skipped it) is diffed like any other. The sweep reads
-        with the same clean-read windows as a backfill and diffs what it reads, so changes
-        the incremental polls missed are published too. Returns (deleted, other events).
+        with the same windows as a backfill and diffs what it reads, so changes the
+        incremental polls missed are published too. If the deletions confirmed exceed
+        ``max_delete_fraction`` of the records held, none is published until a person
+        accepts them (:mod:`notifier.core.reconcile`). Returns (deleted, other events).
         """
         store, name = self.store, self.resource.name
-        codec = await store.codec(self.practice, name)
         progress = cursor.start(cursor.Progress(synced=True), await self._server_now(),
                                 self.policy)
         seen: set[str] = set()
-        reader = cursor.WindowRead(progress, self.closed, self.policy)
+        reader = cursor.WindowRead(progress, self.closed, self.policy, sweep=True)
         try:
-            published = await self._read_windows(reader, codec, sweep=seen)
+            published = await self._read_windows(reader, sweep=seen)
         except BaseExceptionGroup as group:
             raise sole(group) from None
-        deleted = 0
-        missing = [rid async for rid in store.held_ids(self.practice, name) if rid not in seen]
+        held = [rid async for rid in store.held_ids(self.practice, name)]
+        missing = [rid for rid in held if rid not in seen]
+        gone: list[str] = []
         for rid in missing:
             try:
                 record = await self.client.fetch(self.resource, rid)
             except NotFound:
-                deleted += await self._deleted(rid, codec)
+                gone.append(rid)
                 continue
-            (old,) = await store.snapshots(self.practice, name, [rid])
-            changes = changes_for_page(self.practice, name, [record], [old], codec,
-                                       emit_created=True, now=self._now())
-            await store.commit(self.practice, name, progress=None,
-                               snapshots=changes.snapshots, events=changes.events)
-            published += len(changes.events)
-        await store.note(self.practice, name, last_reconcile_at=str(self._wall()))
+            events = await self._commit_page([record], emit_created=True, progress=None,
+                                             status={})
+            published += len(events)
+        counts = rules.Deletions(tracked=len(held), missing=len(missing), confirmed=len(gone))
+        deleted = 0
+        if rules.allowed(counts, self.max_delete_fraction, await self._accepted()):
+            codec = await store.codec(self.practice, name)
+            for rid in gone:
+                deleted += await self._deleted(rid, codec)
+            await store.redis.hdel(store.keys.cursor(self.practice, name),
+                                   "reconcile_held", "reconcile_accept")
+        else:
+            await self._hold(counts)
+        await store.note(self.practice, name, last_reconcile_at=str(self._wall()),
+                         reconcile_due="")
         if deleted or missing:
             log.info("reconciliation: %d deleted, %d skipped rows found", deleted,
-                     len(missing) - deleted,
-                     extra={"practice": self.practice, "resource": name})
+                     len(missing) - len(gone), extra=self._extra)
         return deleted, published
+
+    async def _accepted(self) -> int | None:
+        raw = await self.store.redis.hget(
+            self.store.keys.cursor(self.practice, self.resource.name), "reconcile_accept")
+        try:
+            return int(raw) if raw else None
+        except ValueError:
+            return None
+
+    async def _hold(self, counts: rules.Deletions) -> None:
+        """Publish none of a suspicious sweep's deletions; say so once."""
+        action = ("check that the key reads the right practice and that Dentally lists "
+                  "every record; if the deletions are real, confirm them with `"
+                  + ACCEPT_HINT.format(practice=self.practice, resource=self.resource.name)
+                  + "`")
+        data = counts.data(self.resource.name, self.max_delete_fraction, action)
+        await self.store.note(self.practice, self.resource.name,
+                              reconcile_held=json.dumps(data | {"at": self._wall()}))
+        event = notifier_event(rules.SUSPICIOUS, self.practice, data,
+                               datetime.fromtimestamp(self._wall(), UTC), self.resource.name,
+                               str(counts.tracked), str(counts.confirmed))
+        if await self.store.publish(event):
+            self._stat("suspicious")
+        log.error("reconciliation would delete %d of %d %s (more than %.0f%%): none "
+                  "published; %s", counts.confirmed, counts.tracked, self.resource.name,
+                  100 * self.max_delete_fraction, action, extra=self._extra)
 
     async def _deleted(self, rid: str, codec: Codec) -> int:
         (blob,) = await self.store.snapshots(self.practice, self.resource.name, [rid])
@@ -320,13 +444,13 @@ class ResourcePoller:
             return 0
         try:
             last = codec.decode(blob)
-        except Exception:  # a corrupt snapshot still deserves its deletion event
+        except ValueError as exc:  # a corrupt snapshot still deserves its deletion event
+            self._unreadable(rid, exc)
             last = {"id": rid}
         event = record_event(self.practice, self.resource.name, "deleted", last, self._now())
         await self.store.commit(self.practice, self.resource.name, progress=None,
                                 deletes=[rid], events=[event])
-        if self.on_events is not None:
-            self.on_events([event])
+        self._events([event])
         return 1
 
 

@@ -1,174 +1,338 @@
-"""Runs one practice: its lock, its key check, and a poll loop per resource.
+"""Runs one practice: holds its lease, drives its key's lifecycle, runs its resource loops.
 
-A practice is isolated from every other: its failures are caught and logged here, with
-backoff, and never leave this task.
+The decisions live elsewhere: the key's life is the pure state machine ``core.keylife``
+(this runner feeds it every response, timer, reload and new key, and carries out the
+actions it returns); the lease is ``service.lease`` over ``store.lease``; each resource's
+loop, with its error isolation, is ``service.resource_loop``. A practice is isolated from
+every other: nothing that goes wrong in here leaves this task.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
-import socket
 import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import anyio
+import anyio.abc
 from redis.exceptions import RedisError
 
 from notifier.config import PracticeConfig
-from notifier.core import resources
+from notifier.core import keylife as kl
 from notifier.core.budget import Budget
-from notifier.core.cursor import Policy
 from notifier.core.health import Health
-from notifier.core.keylife import fingerprint, idle_days_left, keepalive_wait, probe_wait
 from notifier.core.retry import backoff
-from notifier.core.text import plural
 from notifier.dentally.client import DentallyClient
-from notifier.errors import AuthError, ConfigError, DentallyError, RateLimited, ScopeError
-from notifier.events import Event, notifier_event
+from notifier.errors import ConfigError, DentallyError, LeaseLost
+from notifier.events import notifier_event
 from notifier.ops.metrics import Metrics
-from notifier.service.poller import ResourcePoller
-from notifier.store.redis import PracticeLock, Store
+from notifier.service.identity import holder_id
+from notifier.service.keygroup import KeyGroup, KeyHub
+from notifier.service.lease import LeaseKeeper
+from notifier.service.resource_loop import ResourceLoop, policy_for
+from notifier.store.lease import Lease
+from notifier.store.redis import Store
+
+__all__ = ["PracticeRunner", "budget_for", "policy_for"]
 
 log = logging.getLogger("notifier.practice")
 
-HOST = socket.gethostname()
-KEY_FILE_POLL = 5.0        # while a key is dead, how often its file is re-read
+KEY_FILE_POLL = 5.0        # how often the key's source is re-read for a new key
+RETRY_POLL = 1.0           # how often Redis is asked for an operator's "key retry"
 KEY_STATE_WRITE = 10.0     # how often the key's last use and budget go to Redis
 
 
-def _float(value: str | None) -> float | None:
-    try:
-        return float(value) if value else None
-    except ValueError:
-        return None
-
-
-def owner_id() -> str:
-    return f"{HOST}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-def owner_alive(owner: str) -> bool:
-    """Whether the daemon named ``owner`` may still run (unknowable on another host)."""
-    host, _, rest = owner.partition(":")
-    if host != HOST:
-        return True
-    try:
-        os.kill(int(rest.partition(":")[0]), 0)
-    except ProcessLookupError:
-        return False
-    except (ValueError, PermissionError):
-        return True
-    return True
-
-
-def budget_for(cfg: PracticeConfig) -> Budget:
-    """The practice's share of its key's rate window, and what its steady polls need."""
+def budget_for(cfgs: PracticeConfig | Sequence[PracticeConfig]) -> Budget:
+    """The key's share of its rate window (the smallest any of its practices allows), and
+    what the steady polls of all its practices need."""
+    group = [cfgs] if isinstance(cfgs, PracticeConfig) else list(cfgs)
+    cfg = min(group, key=lambda c: c.max_requests_per_hour * c.rate_window)
     scale = cfg.rate_window / 3600.0
-    steady = sum(cfg.rate_window / cfg.interval(r) for r in cfg.resources)
-    steady += cfg.rate_window / cfg.keepalive_interval
+    steady = sum(cfg.rate_window / c.interval(r) for c in group for r in c.resources)
+    steady += cfg.rate_window / min(c.keepalive_interval for c in group)
     share = max(1, int(cfg.max_requests_per_hour * scale))
     return Budget(share=share, window=cfg.rate_window,
                   steady_per_window=min(steady, share * 0.5), floor=int(36 * scale))
 
 
-def policy_for(cfg: PracticeConfig) -> Policy:
-    return Policy(overlap_ms=int(cfg.overlap * 1000), per_page=cfg.per_page,
-                  window_rows=cfg.window_rows)
+def _lease_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` is (or a task group raised only) LeaseLost."""
+    if isinstance(exc, LeaseLost):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        rest = exc.split(LeaseLost)[1]
+        return rest is None
+    return False
 
 
 class PracticeRunner:
-    def __init__(self, store: Store, cfg: PracticeConfig, owner: str, *,
+    def __init__(self, store: Store, cfg: PracticeConfig, *, lease_ttl: float = 15.0,
+                 take_over: str | None = None, hub: KeyHub | None = None,
                  wall: Callable[[], float] = time.time, health: Health | None = None,
                  metrics: Metrics | None = None) -> None:
         self.store = store
         self.cfg = cfg
-        self.owner = owner
         self._wall = wall
         self._extra = {"practice": cfg.name}
-        self.auth_failure: AuthError | None = None
-        self._reload = anyio.Event()
-        self.budget = budget_for(cfg)
+        self._take_over = take_over
+        self.keeper = LeaseKeeper(Lease(store.redis, store.keys.lock(cfg.name),
+                                        store.keys.lease_epoch(cfg.name), holder_id(),
+                                        lease_ttl), cfg.name)
+        self.hub = hub or KeyHub([cfg], budget_for)
+        self.group: KeyGroup | None = None
+        self._budget = budget_for(cfg)
         self.health = health or Health()
         self.metrics = metrics
-        self.revoked = False
+        self._reload = anyio.Event()
+        self._wake = anyio.Event()
+        self._todo: list[kl.Action] = []
 
+    @property
+    def life(self) -> kl.KeyLife:
+        """The lifecycle of this practice's key (shared with the practices that use the
+        same key)."""
+        if self.group is None:
+            return kl.KeyLife(keepalive_interval=self.cfg.keepalive_interval,
+                              probe_interval=self.cfg.key_probe_interval,
+                              scope_recheck_interval=self.cfg.scope_recheck_interval)
+        return self.group.life
+
+    @property
+    def budget(self) -> Budget:
+        return self._budget if self.group is None else self.group.budget
+
+    @property
+    def revoked(self) -> bool:
+        return self.group is not None and self.life.state is kl.State.REVOKED
+
+    def lease_token(self) -> str | None:
+        """The lease this runner holds, for the runner that replaces it on a reload."""
+        token = self.keeper.token
+        return None if token is None else token.value
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the key now, and probe a stopped key at once."""
+        self._reload.set()
+
+    # -- the lease ----------------------------------------------------------------------
     async def run(self) -> None:
-        """Poll this practice for as long as we hold its lock; wait for it when we do not.
+        """Serve this practice while we hold its lease; wait for it when we do not.
 
         Whatever goes wrong in here (Redis gone, a bug) is logged and retried with backoff:
         it never stops the other practices or the subscribers."""
-        lock = PracticeLock(self.store.redis, self.store.keys.lock(self.cfg.name), self.owner)
         attempt = 0
+        store = self.store.fenced(self.keeper.fence)
         while True:
             try:
-                await self._acquire(lock)
+                await self.keeper.acquire(self._take_over)
+                self._take_over = None
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._keep_lock, lock, tg.cancel_scope)
-                    await self._serve()
+                    tg.start_soon(self.keeper.keep, tg.cancel_scope)
+                    while True:   # again with the new key after a key change
+                        await self._serve(store)
                 attempt = 0
             except Exception as exc:  # isolation: see the docstring
+                if _lease_lost(exc):
+                    # A commit was refused: another runner holds the practice now.
+                    await self.keeper.report_loss(self.keeper.fence())
+                    continue
                 delay = backoff(attempt, cap=60)
                 attempt += 1
                 log.error("practice stopped by %s: %s; restarting in %.1fs",
                           type(exc).__name__, exc, delay, extra=self._extra,
-                          exc_info=not isinstance(exc, RedisError | ExceptionGroup))
+                          exc_info=not isinstance(exc, RedisError))
                 await anyio.sleep(delay)
             finally:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(2), \
-                        contextlib.suppress(RedisError):
-                    await lock.release()
+                await self.keeper.release()
 
-    async def _acquire(self, lock: PracticeLock) -> None:
-        attempt = 0
+    # -- the key's life -----------------------------------------------------------------
+    async def _serve(self, store: Store) -> None:
+        """Use the key until it changes (then return, to be called again with the new
+        one): join its group, drive its lifecycle, run the pollers while it allows."""
         while True:
             try:
-                holder = await lock.acquire(owner_alive)
-            except RedisError as exc:
-                log.error("redis unavailable: %s", exc, extra=self._extra)
-                await anyio.sleep(backoff(attempt, cap=30))
-                attempt += 1
-                continue
-            if holder is None:
-                return
-            log.error("another daemon (%s) is polling this practice; waiting", holder,
+                key = self.cfg.api_key_value()
+                break
+            except ConfigError as exc:
+                log.error("%s", exc, extra=self._extra)
+                await self._sleep_or_reload(60)
+        fp = kl.fingerprint(key)
+        group = self.hub.group(fp, self.cfg)
+        self._todo = []
+        client = DentallyClient(self.cfg.url, key, timeout=self.cfg.timeout,
+                                budget=group.budget)
+        client.gate = self._gate
+        client.observer = self._observe
+        pollers: anyio.CancelScope | None = None
+        stored = await self._key_state()
+        self.group = group
+        group.join(self, stored, self._wall())
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._watch_key, tg.cancel_scope)
+                tg.start_soon(self._record_use, client)
+                while True:
+                    todo, self._todo = self._todo, []
+                    for action in todo:
+                        pollers = await self._do(action, tg, client, store, pollers)
+                    if self._todo:
+                        continue
+                    self._wake = anyio.Event()
+                    wait = self.life.next_deadline(self._wall()) - self._wall()
+                    with anyio.move_on_after(max(0.0, wait)):
+                        await self._wake.wait()
+                    group.feed(kl.Tick(), self._wall())
+        finally:
+            group.leave(self, self._wall())
+            self.hub.release(group)
+            with anyio.CancelScope(shield=True):
+                await client.aclose()
+
+    def enqueue(self, actions: list[kl.Action]) -> None:
+        """Actions of the key's lifecycle for this practice (called by its group)."""
+        self._todo += actions
+        self._wake.set()
+
+    def _feed(self, event: kl.Event) -> None:
+        if self.group is not None:
+            self.group.feed(event, self._wall())
+
+    def _gate(self, probe: bool) -> float | None:
+        now = self._wall()
+        if not self.life.may_send(now, probe):
+            return None
+        return self.life.rate_wait(now)
+
+    def _observe(self, outcome: kl.Outcome, probe: bool, resource: str | None,
+                 reset_at: float | None, reason: str) -> None:
+        self._feed(kl.Answer(outcome, probe, resource, reset_at, reason))
+
+    async def _do(self, action: kl.Action, tg: anyio.abc.TaskGroup, client: DentallyClient,
+                  store: Store, pollers: anyio.CancelScope | None
+                  ) -> anyio.CancelScope | None:
+        """Carry out one action of the key's lifecycle; returns the pollers' scope."""
+        if isinstance(action, kl.Probe | kl.KeepAlive):
+            tg.start_soon(self._use_key, client, isinstance(action, kl.Probe))
+        elif isinstance(action, kl.Pause):
+            if pollers is not None:
+                pollers.cancel()
+                pollers = None
+        elif isinstance(action, kl.Resume):
+            if pollers is None:
+                pollers = anyio.CancelScope()
+                tg.start_soon(self._run_pollers, pollers, client, store)
+                log.info("key ok; polling %s", ", ".join(self.cfg.resources),
+                         extra=self._extra)
+        elif isinstance(action, kl.Publish):
+            await self._publish(action)
+        elif isinstance(action, kl.Persist):
+            with contextlib.suppress(RedisError):
+                await self._set_key_state(**action.fields)
+        return pollers
+
+    async def _use_key(self, client: DentallyClient, probe: bool) -> None:
+        """A probe or a keep-alive: GET /v1/user. Its answer reaches the lifecycle through
+        the client's observer; failures are the lifecycle's to judge."""
+        try:
+            await client.user(probe=probe)
+        except DentallyError as exc:
+            log.warning("%s failed: %s", "key probe" if probe else "keep-alive", exc,
+                        extra=self._extra)
+
+    async def _run_pollers(self, scope: anyio.CancelScope, client: DentallyClient,
+                           store: Store) -> None:
+        with scope:
+            async with anyio.create_task_group() as tg:
+                for name in self.cfg.resources:
+                    loop = ResourceLoop(store, self.cfg, name, client, self.life,
+                                        health=self.health, metrics=self.metrics,
+                                        wall=self._wall)
+                    tg.start_soon(loop.run)
+
+    async def _publish(self, p: kl.Publish) -> None:
+        fp = self.life.fp
+        if p.type == "notifier.key.revoked":
+            log.error("API key %s rejected (%s): polling stopped; a new key is picked up on "
+                      "SIGHUP or when the key file changes, and this one is tried again "
+                      "every %.0fs (or now: dentally-notifier key retry %s)", fp,
+                      p.data.get("reason"), self.cfg.key_probe_interval, self.cfg.name,
                       extra=self._extra)
-            await anyio.sleep(lock.ttl_ms / 1000 / 2)
+        elif p.type == "notifier.key.restored":
+            log.info("API key %s accepted; polling resumes from the stored cursors", fp,
+                     extra=self._extra)
+        elif p.type == "notifier.key.idle":
+            log.warning("API key %s was unused for more than 10 days: Dentally expires it "
+                        "in %s days unless used", fp, p.data.get("expires_in_days"),
+                        extra=self._extra)
+        elif p.type == "notifier.scope.denied":
+            log.error("the key may not read %s: %s", p.data.get("resource"),
+                      p.data.get("reason"), extra=self._extra)
+        event = notifier_event(p.type, self.cfg.name, dict(p.data),
+                               datetime.fromtimestamp(self._wall(), UTC), *p.identity)
+        try:
+            if await self.store.publish(event):
+                log.info("published %s", p.type, extra=self._extra)
+        except RedisError as exc:
+            log.error("could not publish %s: %s", p.type, exc, extra=self._extra)
 
-    async def _keep_lock(self, lock: PracticeLock, scope: anyio.CancelScope) -> None:
+    async def _watch_key(self, serve: anyio.CancelScope) -> None:
+        """A new key (its source changed, or SIGHUP), a reload, an operator's retry."""
+        retry_key = self.store.keys.key_retry(self.cfg.name)
+        last_read = anyio.current_time()
         while True:
-            await anyio.sleep(lock.ttl_ms / 1000 / 3)
+            with anyio.move_on_after(RETRY_POLL):
+                await self._reload.wait()
+            reloaded = self._reload.is_set()
+            if reloaded:
+                self._reload = anyio.Event()
+            asked = False
+            with contextlib.suppress(RedisError):
+                asked = bool(await self.store.redis.getdel(retry_key))
+            if asked:
+                log.info("key retry asked by an operator: probing now", extra=self._extra)
+            if not (reloaded or asked or anyio.current_time() - last_read >= KEY_FILE_POLL):
+                continue
+            last_read = anyio.current_time()
             try:
-                if not await lock.renew():
-                    log.error("lost the practice lock to another daemon; stopping",
-                              extra=self._extra)
-                    scope.cancel()
-                    return
-            except RedisError as exc:
-                log.warning("could not renew the practice lock: %s", exc, extra=self._extra)
+                key = self.cfg.api_key_value()
+            except ConfigError as exc:
+                if reloaded:
+                    log.error("%s", exc, extra=self._extra)
+                continue
+            fp = kl.fingerprint(key)
+            if self.group is not None and fp != self.group.fp:
+                log.info("new API key %s; checking it", fp, extra=self._extra)
+                serve.cancel()   # _serve returns and is called again with the new key
+                return
+            if reloaded or asked:
+                self._feed(kl.RetryNow())
 
-    # -- the key's life ----------------------------------------------------------------
-    def reload(self) -> None:
-        """SIGHUP: re-read the key now (a revoked practice waits for exactly this)."""
-        self._reload.set()
+    async def _record_use(self, client: DentallyClient) -> None:
+        """The key's last use and the budget, for ``status``, at most every few seconds."""
+        recorded: tuple[Any, ...] | None = None
+        while True:
+            b = self.budget
+            fields = {"last_success_at": "" if self.life.last_success is None
+                      else str(self.life.last_success),
+                      "budget_used": str(b.used), "budget_share": str(b.share),
+                      "budget_window": str(b.window),
+                      "server_remaining": "" if client.rate.remaining is None
+                      else str(client.rate.remaining),
+                      "server_reset": "" if client.rate.reset_at is None
+                      else str(client.rate.reset_at)}
+            if self.life.last_success is not None and tuple(fields.values()) != recorded:
+                with contextlib.suppress(RedisError):
+                    await self._set_key_state(**fields)
+                    recorded = tuple(fields.values())
+            await anyio.sleep(KEY_STATE_WRITE if recorded else 1.0)
 
-    async def _wait_for_change(self, timeout: float, fp: str) -> None:
-        """Sleep ``timeout`` seconds, or less if SIGHUP comes or the key source changes."""
+    async def _sleep_or_reload(self, seconds: float) -> None:
+        with anyio.move_on_after(seconds):
+            await self._reload.wait()
         self._reload = anyio.Event()
-        with anyio.move_on_after(timeout):
-            while True:
-                with anyio.move_on_after(KEY_FILE_POLL):
-                    await self._reload.wait()
-                    return
-                try:
-                    if fingerprint(self.cfg.api_key_value()) != fp:
-                        return
-                except ConfigError:
-                    pass
 
     async def _key_state(self) -> dict[str, str]:
         raw: Any = await self.store.redis.hgetall(self.store.keys.key_state(self.cfg.name))
@@ -177,225 +341,3 @@ class PracticeRunner:
     async def _set_key_state(self, **fields: str) -> None:
         mapping: dict[Any, Any] = fields
         await self.store.redis.hset(self.store.keys.key_state(self.cfg.name), mapping=mapping)
-
-    async def _notify(self, type_: str, data: dict[str, Any], *identity: str) -> None:
-        event = notifier_event(type_, self.cfg.name, data,
-                               datetime.fromtimestamp(self._wall(), UTC), *identity)
-        if await self.store.publish(event):
-            log.info("published %s", type_, extra=self._extra)
-
-    async def _revoked(self, fp: str, exc: AuthError) -> None:
-        now = self._wall()
-        state = await self._key_state()
-        if state.get("state") == "revoked" and state.get("fingerprint") == fp:
-            await self._set_key_state(last_probe_at=str(now))
-            return
-        self.revoked = True
-        await self._set_key_state(state="revoked", since=str(now), fingerprint=fp,
-                                  last_probe_at=str(now), reason=str(exc))
-        await self._notify("notifier.key.revoked",
-                           {"reason": str(exc), "key": fp,
-                            "action": "create a new API key in Dentally and give it to "
-                                      "the notifier (key file or environment), then "
-                                      "reload it with SIGHUP"}, fp)
-        log.error("API key %s rejected (%s): polling stopped; a new key is picked up on "
-                  "SIGHUP or when the key file changes, and this one is tried again every "
-                  "%.0fs", fp, exc, self.cfg.key_probe_interval, extra=self._extra)
-
-    async def _key_ok(self, fp: str, client: DentallyClient) -> None:
-        now = self._wall()
-        self.revoked = False
-        state = await self._key_state()
-        if state.get("state") == "revoked":
-            await self._notify("notifier.key.restored", {"key": fp}, fp)
-            log.info("API key %s accepted; polling resumes from the stored cursors", fp,
-                     extra=self._extra)
-        days = idle_days_left(_float(state.get("last_success_at")), now)
-        if days is not None and state.get("fingerprint") == fp:
-            await self._notify("notifier.key.idle",
-                               {"key": fp, "expires_in_days": round(days, 1)},
-                               fp, state.get("last_success_at", ""))
-            log.warning("API key %s was unused for more than 10 days: Dentally expires it in "
-                        "%.1f days unless used", fp, days, extra=self._extra)
-        await self._set_key_state(state="ok", fingerprint=fp, since=str(now),
-                                  last_success_at=str(client.last_success or now))
-
-    async def _serve(self) -> None:
-        attempt = 0
-        while True:
-            try:
-                key = self.cfg.api_key_value()
-            except ConfigError as exc:
-                log.error("%s", exc, extra=self._extra)
-                await self._wait_for_change(60, "")
-                continue
-            fp = fingerprint(key)
-            state = await self._key_state()
-            if state.get("state") == "revoked" and state.get("fingerprint") == fp:
-                wait = probe_wait(_float(state.get("last_probe_at")), self._wall(),
-                                  self.cfg.key_probe_interval)
-                if wait > 0:
-                    await self._wait_for_change(wait, fp)
-                    continue
-            client = DentallyClient(self.cfg.url, key, timeout=self.cfg.timeout,
-                                    budget=self.budget)
-            delay = 0.0
-            try:
-                await client.user(probe=True)
-                attempt = 0
-                await self._key_ok(fp, client)
-                log.info("key ok; polling %s", ", ".join(self.cfg.resources),
-                         extra=self._extra)
-                self.auth_failure = None
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(self._keepalive, client, tg.cancel_scope)
-                    for name in self.cfg.resources:
-                        tg.start_soon(self._poll_loop, client, name, tg.cancel_scope)
-                if self.auth_failure is not None:
-                    # Confirm once: a 401 on a list can be a glitch; one on /user is not.
-                    await client.user(probe=True)
-                    log.warning("a 401 was not confirmed by /v1/user; resuming",
-                                extra=self._extra)
-            except AuthError as exc:
-                await self._revoked(fp, exc)
-                continue
-            except RateLimited as exc:
-                delay = self._until(exc.reset_at)
-                log.warning("rate limited; waiting %.0fs", delay, extra=self._extra)
-            except DentallyError as exc:
-                delay = backoff(attempt)
-                attempt += 1
-                log.warning("key check failed (%s); retrying in %.1fs", exc, delay,
-                            extra=self._extra)
-            finally:
-                with anyio.CancelScope(shield=True):
-                    await client.aclose()
-            await anyio.sleep(delay)
-
-    async def _keepalive(self, client: DentallyClient, scope: anyio.CancelScope) -> None:
-        """Use the key at least every ``keepalive_interval`` whatever the pollers do, and
-        record its last use in Redis (at most once a minute)."""
-        recorded: float | None = None
-        while True:
-            now = self._wall()
-            if keepalive_wait(client.last_success, now, self.cfg.keepalive_interval) == 0:
-                try:
-                    await client.user()
-                except AuthError as exc:
-                    self.auth_failure = exc
-                    scope.cancel()
-                    return
-                except DentallyError as exc:
-                    log.warning("keep-alive request failed: %s", exc, extra=self._extra)
-            if client.last_success is not None and client.last_success != recorded:
-                b = self.budget
-                with contextlib.suppress(RedisError):
-                    await self._set_key_state(
-                        last_success_at=str(client.last_success),
-                        budget_used=str(b.used), budget_share=str(b.share),
-                        budget_window=str(b.window),
-                        server_remaining="" if client.rate.remaining is None
-                        else str(client.rate.remaining),
-                        server_reset="" if client.rate.reset_at is None
-                        else str(client.rate.reset_at))
-                    recorded = client.last_success
-            wait = keepalive_wait(client.last_success, self._wall(),
-                                  self.cfg.keepalive_interval)
-            await anyio.sleep(min(max(wait, 1.0), KEY_STATE_WRITE))
-
-    def _until(self, reset_at: float | None) -> float:
-        if reset_at is None:
-            return 60.0
-        return min(3600.0, max(1.0, reset_at - self._wall()))
-
-    async def _poll_loop(self, client: DentallyClient, name: str,
-                         scope: anyio.CancelScope) -> None:
-        resource = resources.get(name)
-        extra: dict[str, Any] = {"practice": self.cfg.name, "resource": name}
-        poller = ResourcePoller(self.store, client, self.cfg.name, resource,
-                                policy_for(self.cfg), initial_sync=self.cfg.initial_sync)
-        interval = self.cfg.interval(name)
-        attempt = 0
-        next_sweep = await self._first_sweep(name)
-        beat = f"{self.cfg.name}/{name}"
-        # A page, or a wait for the rate budget (beating every 10 s), must come
-        # within this long, or the loop is wedged.
-        page_within = 2 * self.cfg.timeout + 10.0
-        client.heartbeat = lambda: self.health.beat(beat, self._wall(), page_within)
-        poller.heartbeat = client.heartbeat
-        if self.metrics is not None:
-            poller.on_events = self._count_events
-        try:
-            while True:
-                self.health.beat(beat, self._wall(), page_within)
-                started = anyio.current_time()
-                outcome = "ok"
-                try:
-                    published = await poller.poll_once()
-                    attempt = 0
-                    if published:
-                        log.info("published %s", plural(published, "event"), extra=extra)
-                    if self._wall() >= next_sweep:
-                        await poller.reconcile()
-                        next_sweep = self._wall() + self.cfg.reconcile_interval
-                    delay = max(0.0, interval - (anyio.current_time() - started))
-                except AuthError as exc:
-                    self.auth_failure = exc
-                    scope.cancel()
-                    return
-                except RateLimited as exc:
-                    outcome = "rate_limited"
-                    delay = self._until(exc.reset_at)
-                    await self._note_error(name, f"rate limited: {exc}")
-                    log.warning("rate limited; waiting %.0fs", delay, extra=extra)
-                except ScopeError as exc:
-                    outcome = "scope_denied"
-                    delay = self.cfg.scope_recheck_interval
-                    await self._note_error(name, f"scope denied: {exc}")
-                    try:
-                        fp = fingerprint(self.cfg.api_key_value())
-                    except ConfigError:
-                        fp = "unreadable"
-                    await self._notify("notifier.scope.denied",
-                                       {"resource": name, "key": fp, "reason": str(exc),
-                                        "action": "create a key with read access to this "
-                                                  "resource, or remove it from resources"},
-                                       name, fp)
-                    log.error("the key may not read %s (%s); trying again in %.0fs", name, exc,
-                              delay, extra=extra)
-                except (DentallyError, RedisError) as exc:
-                    outcome = "error"
-                    delay = backoff(attempt)
-                    attempt += 1
-                    await self._note_error(name, str(exc))
-                    log.warning("poll failed (%s: %s); retrying in %.1fs",
-                                type(exc).__name__, exc, delay, extra=extra)
-                if self.metrics is not None:
-                    self.metrics.polls.labels(self.cfg.name, name, outcome).inc()
-                    self.metrics.poll_seconds.labels(self.cfg.name, name).observe(
-                        anyio.current_time() - started)
-                self.health.beat(beat, self._wall(), delay + page_within)
-                await anyio.sleep(delay)
-        finally:
-            self.health.forget(beat)
-
-    def _count_events(self, events: list[Event]) -> None:
-        if self.metrics is not None:
-            for e in events:
-                self.metrics.events.labels(self.cfg.name, e.type).inc()
-
-    async def _first_sweep(self, resource: str) -> float:
-        """When the next reconciliation sweep is due: ``reconcile_interval`` after the last
-        one, or after now if there never was one (a first sync needs no sweep)."""
-        key = self.store.keys.cursor(self.cfg.name, resource)
-        raw: Any = await self.store.redis.hget(key, "last_reconcile_at")
-        last = _float(raw.decode() if raw else None)
-        if last is None:
-            last = self._wall()
-            await self.store.note(self.cfg.name, resource, last_reconcile_at=str(last))
-        return last + self.cfg.reconcile_interval
-
-    async def _note_error(self, resource: str, message: str) -> None:
-        with contextlib.suppress(RedisError):
-            await self.store.note(self.cfg.name, resource, last_error=message,
-                                  last_error_at=str(self._wall()))

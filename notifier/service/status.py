@@ -53,6 +53,13 @@ def _backfill(f: dict[str, str], now: float, share: int, per_page: int
     return out
 
 
+def _json(value: str | None) -> Any:
+    try:
+        return json.loads(value) if value else None
+    except ValueError:
+        return None
+
+
 def _int(value: str | None) -> int | None:
     try:
         return int(value) if value else None
@@ -96,13 +103,22 @@ async def collect(settings: Settings, redis: Redis, now: float) -> dict[str, Any
                 "tracked": await redis.hlen(keys.snapshots(p.name, name)),
                 "backfill": _backfill(f, now, p.max_requests_per_hour, p.per_page)
                 if not progress.synced else None,
+                "rereads": {"note": f.get("reread_note") or None,
+                            "at": _float(f.get("reread_at")),
+                            "window_waiting": f.get("window_waiting") == "1"},
+                "deletions_held": _json(f.get("reconcile_held")),
             })
         rawk: Any = await redis.hgetall(keys.key_state(p.name))
         k = {a.decode(): b.decode() for a, b in rawk.items()}
         last_use = _float(k.get("last_success_at"))
+        lease: Any = await redis.get(keys.lock(p.name))
+        epoch, _, holder = (lease.decode() if lease else "").partition(":")
         out["practices"].append({
             "name": p.name, "url": p.url, "resources": resources,
+            "lease": {"holder": holder or None, "epoch": _int(epoch)},
             "key": {"state": k.get("state", "unknown"), "fingerprint": k.get("fingerprint"),
+                    "lifecycle": k.get("lifecycle"),
+                    "next_probe_at": _float(k.get("next_probe_at")),
                     "since": _float(k.get("since")), "reason": k.get("reason"),
                     "last_success_at": last_use,
                     "idle_seconds": None if last_use is None else now - last_use},
@@ -208,6 +224,18 @@ def render(data: dict[str, Any], out: TextIO) -> None:
             line = (f"  {r['resource']:<13} cursor {r['cursor'] or '-':<24} {state:<28} "
                     f"{r['tracked']:>8} tracked  polled {_ago(r['last_poll_at'], now)}")
             print(line, file=out)
+            rr = r["rereads"]
+            if rr["window_waiting"]:
+                print(f"    a window is still incomplete after re-reads ({rr['note']}); the "
+                      "cursor waits for it", file=out)
+            elif rr["note"] and rr["at"] is not None and now - rr["at"] < 86400:
+                print(f"    re-reads {_ago(rr['at'], now)}: {rr['note']}", file=out)
+            held = r["deletions_held"]
+            if held:
+                print(f"    DELETIONS HELD: the sweep would delete {held.get('would_delete')} "
+                      f"of {held.get('tracked')} tracked records (over "
+                      f"max_delete_fraction {held.get('max_delete_fraction')}); none "
+                      f"published. {held.get('action')}", file=out)
             if r["last_error"]:
                 print(f"    last error ({_ago(r['last_error_at'], now)}): {r['last_error']}",
                       file=out)

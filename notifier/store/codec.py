@@ -4,12 +4,17 @@ Every tracked record lives in Redis, and a large practice has millions, so snaps
 be small. A record deflated on its own barely shrinks (it is short and its field names are
 the bulk of it); deflated against a dictionary made of real records of the same resource
 it drops to about a fifth. The dictionary is learned once from the first records seen,
-stored next to the snapshots, and never changes (every blob names the dictionary it
-needs in its first byte).
+stored next to the snapshots in the same atomic step as the first snapshots that need it,
+and never changes. Every blob names what it needs: its first byte the format, and a blob
+made with a learned dictionary that dictionary's id, so a blob can never be decoded with
+another dictionary into garbage.
 
-    0x00 + canonical JSON                    (stored raw)
-    0x01 + raw deflate, static dictionary    (before a dictionary was learned)
-    0x02 + raw deflate, learned dictionary
+    0x00 + canonical JSON                               (stored raw)
+    0x01 + raw deflate, static dictionary               (before a dictionary was learned)
+    0x02 + raw deflate, learned dictionary              (older versions: no id)
+    0x03 + dictionary id (4 bytes) + raw deflate, learned dictionary
+
+A blob that cannot be decoded raises ValueError (the caller treats it as missing).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-RAW, STATIC, LEARNED = b"\x00", b"\x01", b"\x02"
+RAW, STATIC, LEARNED, KEYED = b"\x00", b"\x01", b"\x02", b"\x03"
 LEVEL, MEM_LEVEL = 6, 6
 DICT_SIZE = 16_384
 # Records needed before a dictionary is learned: fewer make a poor dictionary for good.
@@ -45,26 +50,38 @@ class Codec:
     """Encodes and decodes one resource's snapshots. Primed compressors are reused."""
 
     def __init__(self, zdict: bytes | None = None) -> None:
+        """``zdict``: the stored dictionary, if any."""
         self._static = self._primed(_STATIC_DICT)
         self.zdict: bytes | None = None
+        self.zid = b""
+        self.saved = True
+        """False while the adopted dictionary may not be stored yet: every commit of
+        snapshots then carries it (:meth:`pending`) until one succeeds."""
         self._learned: Any = None
         if zdict:
-            self.adopt(zdict)
+            self.adopt(zdict, saved=True)
 
     @staticmethod
     def _primed(zdict: bytes) -> Any:
         return zlib.compressobj(LEVEL, zlib.DEFLATED, -15, MEM_LEVEL,
                                 zlib.Z_DEFAULT_STRATEGY, zdict)
 
-    def adopt(self, zdict: bytes) -> None:
+    def adopt(self, zdict: bytes, saved: bool = False) -> None:
         self.zdict = zdict
+        self.zid = dictionary_id(zdict)
+        self.saved = saved
         self._learned = self._primed(zdict)
 
+    def pending(self) -> bytes | None:
+        """The dictionary to store with the next commit of snapshots, until one succeeded."""
+        return None if self.saved else self.zdict
+
     def encode(self, canonical: bytes) -> bytes:
-        tag, primed = (LEARNED, self._learned) if self._learned else (STATIC, self._static)
+        tag, primed = ((KEYED + self.zid, self._learned) if self._learned
+                       else (STATIC, self._static))
         c = primed.copy()
         packed: bytes = c.compress(canonical) + c.flush()
-        if len(packed) >= len(canonical):
+        if len(packed) + len(tag) - 1 >= len(canonical):
             return RAW + canonical
         return tag + packed
 
@@ -74,15 +91,35 @@ class Codec:
         if tag == RAW:
             return body
         if tag == STATIC:
-            return zlib.decompressobj(-15, _STATIC_DICT).decompress(body)
-        if tag == LEARNED:
+            try:
+                return zlib.decompressobj(-15, _STATIC_DICT).decompress(body)
+            except zlib.error as exc:
+                raise ValueError(f"snapshot does not inflate: {exc}") from None
+        if tag in (LEARNED, KEYED):
+            if tag == KEYED:
+                zid, body = body[:4], body[4:]
+                if zid != self.zid:
+                    raise ValueError(f"snapshot needs dictionary {zid.hex()}, which is not "
+                                     "stored")
             if self.zdict is None:
                 raise ValueError("snapshot needs the learned dictionary, which is missing")
-            return zlib.decompressobj(-15, self.zdict).decompress(body)
+            try:
+                return zlib.decompressobj(-15, self.zdict).decompress(body)
+            except zlib.error as exc:
+                raise ValueError(f"snapshot does not inflate: {exc}") from None
         raise ValueError(f"unknown snapshot format {tag!r}")
 
     def decode(self, blob: bytes) -> dict[str, Any]:
-        value = json.loads(self.decode_bytes(blob))
+        """The record in ``blob``; ValueError if it cannot be read back (garbage included)."""
+        try:
+            value = json.loads(self.decode_bytes(blob))
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"snapshot is not UTF-8: {exc}") from None
         if not isinstance(value, dict):
             raise ValueError("snapshot is not a JSON object")
         return value
+
+
+def dictionary_id(zdict: bytes) -> bytes:
+    """4 bytes naming a dictionary (CRC-32), stored in every blob made with it."""
+    return zlib.crc32(zdict).to_bytes(4, "big")

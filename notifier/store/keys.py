@@ -8,7 +8,9 @@ slot. The event stream's name is configured on its own (``[redis] stream``).
     <prefix>:{<practice>}:cursor:<resource>   hash   cursor, pending windows, last poll/error
     <prefix>:{<practice>}:snap:<resource>     hash   record id -> compressed snapshot
     <prefix>:{<practice>}:zdict:<resource>    string compression dictionary of the snapshots
-    <prefix>:{<practice>}:lock                string the daemon instance polling the practice
+    <prefix>:{<practice>}:lock                string the practice lease: "<epoch>:<holder>" (PX)
+    <prefix>:{<practice>}:epoch               string the lease's fencing epoch (INCR)
+    <prefix>:{<practice>}:key_retry           string an operator's "probe the key now"
     <prefix>:{<practice>}:key                 hash   key state, fingerprint, last success
     <prefix>:published:<event id>             string marks a notifier.* event as published
     <prefix>:sub:<name>:retry                 zset   stream entry id -> due time (unix s)
@@ -48,6 +50,12 @@ class Keys:
 
     def lock(self, practice: str) -> str:
         return f"{self._p(practice)}:lock"
+
+    def lease_epoch(self, practice: str) -> str:
+        return f"{self._p(practice)}:epoch"
+
+    def key_retry(self, practice: str) -> str:
+        return f"{self._p(practice)}:key_retry"
 
     def sub(self, name: str, part: str) -> str:
         """A subscriber's key: ``retry``, ``tries``, ``dead``, ``state`` or ``log``."""

@@ -1,30 +1,62 @@
 """The Redis adapter: progress, snapshots and the atomic commit of a page.
 
-One Lua script applies a page: it writes the snapshots, appends the events to the stream
-and stores the new progress (cursor, pending windows) together, so a crash at any instant
-leaves either all of a page or none of it. Each call carries a fresh token that the
-script stores with the progress: redis-py retries a command whose reply was lost, and the
-retry then finds its own token and applies nothing twice.
+One Lua script applies a page: it writes the snapshots (and the dictionary they need, if
+not stored yet), appends the events to the stream and stores the new progress (cursor,
+pending windows) together, so a crash at any instant leaves either all of a page or none
+of it: a snapshot never references a dictionary that is not stored. Each call carries a
+fresh token that the script stores with the progress: redis-py retries a command whose
+reply was lost, and the retry then finds its own token and applies nothing twice.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, cast
 
 from redis.asyncio import Redis
 
 from notifier.core.cursor import Progress, Window
-from notifier.errors import StoreError
+from notifier.errors import LeaseLost, StoreError
 from notifier.events import Event
 from notifier.store.codec import Codec
 from notifier.store.keys import Keys
 
+# The atomic commit of one page. It validates before it writes anything (Redis scripts do
+# not roll back): a replayed call (same token), a writer that lost the practice's lease or
+# a dictionary other than the stored one changes nothing.
+#
+#   KEYS[1]  cursor hash      progress, status fields and the token of the last commit
+#   KEYS[2]  snapshots hash   record id -> snapshot blob
+#   KEYS[3]  event stream
+#   KEYS[4]  dictionary       the compression dictionary of the snapshots (string)
+#   KEYS[5]  lease            optional: the practice's lease key
+#
+#   ARGV, in order (every list is its length followed by its items):
+#     token                         fresh per call; stored in KEYS[1]
+#     zdict                         '' or the dictionary the snapshots need; written (SET)
+#                                   in this same step when not stored yet
+#     n, (id, blob) x n             snapshots to write
+#     n, id x n                     snapshots to delete
+#     n, [m, (name, value) x m] x n events: each its stream entry fields (stream_args)
+#     n, (field, value) x n         cursor hash fields (progress and status)
+#     fence                         only with KEYS[5]: the writer's fencing token; a writer
+#                                   that no longer holds the lease commits nothing
+#
+#   Returns 1 applied, 0 already applied by this token, -1 the lease is not the writer's,
+#   -2 another dictionary is stored.
 COMMIT = """
 if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then return 0 end
-local i = 2
+if KEYS[5] and redis.call('GET', KEYS[5]) ~= ARGV[#ARGV] then return -1 end
+local zdict = ARGV[2]
+if zdict ~= '' then
+  local stored = redis.call('GET', KEYS[4])
+  if stored and stored ~= zdict then return -2 end
+  if not stored then redis.call('SET', KEYS[4], zdict) end
+end
+local i = 3
 local n = tonumber(ARGV[i]); i = i + 1
 if n > 0 then
   local args = {}
@@ -39,23 +71,35 @@ if n > 0 then
   redis.call('HDEL', KEYS[2], unpack(args))
   i = i + n
 end
-n = tonumber(ARGV[i])
-local practice, resource = ARGV[i + 1], ARGV[i + 2]
-i = i + 3
-for j = 1, n do
-  redis.call('XADD', KEYS[3], '*', 'id', ARGV[i], 'type', ARGV[i + 1],
-             'practice', practice, 'resource', resource,
-             'record_id', ARGV[i + 2], 'payload', ARGV[i + 3])
-  i = i + 4
+n = tonumber(ARGV[i]); i = i + 1
+for e = 1, n do
+  local m = tonumber(ARGV[i]); i = i + 1
+  local fields = {}
+  for j = 1, 2 * m do fields[j] = ARGV[i + j - 1] end
+  redis.call('XADD', KEYS[3], '*', unpack(fields))
+  i = i + 2 * m
 end
 n = tonumber(ARGV[i]); i = i + 1
 local args = {'token', ARGV[1]}
 for j = 1, 2 * n do args[#args + 1] = ARGV[i + j - 1] end
 redis.call('HSET', KEYS[1], unpack(args))
-i = i + 2 * n
-if ARGV[i] ~= '' then redis.call('SET', KEYS[4], ARGV[i], 'NX') end
 return 1
 """
+
+
+def stream_args(event: Event) -> list[str | bytes]:
+    """An event's stream entry fields as script arguments: their count, then name, value
+    pairs. Every script that appends to the stream takes them in this form, so the entry's
+    fields are defined once (:meth:`Event.stream_fields`)."""
+    fields = event.stream_fields()
+    out: list[str | bytes] = [str(len(fields))]
+    for name, value in fields.items():
+        out += [name, value]
+    return out
+
+
+class DictionaryConflict(StoreError):
+    """Another compression dictionary is stored than the one a commit's snapshots need."""
 
 
 def progress_fields(p: Progress) -> dict[str, str]:
@@ -97,6 +141,15 @@ class Store:
         self._commit = redis.register_script(COMMIT)
         self._publish = redis.register_script(PUBLISH_ONCE)
         self._codecs: dict[tuple[str, str], Codec] = {}
+        self.fence: Callable[[], str] | None = None
+        """The writer's current lease token, checked by every commit (see ``fenced``)."""
+
+    def fenced(self, fence: Callable[[], str]) -> Store:
+        """This store for one lease holder: each commit carries ``fence()``, the holder's
+        current token ('' when it holds none), and is refused unless the lease holds it."""
+        other = copy.copy(self)
+        other.fence = fence
+        return other
 
     async def progress(self, practice: str, resource: str) -> Progress:
         raw = await self.redis.hgetall(self.keys.cursor(practice, resource))
@@ -128,39 +181,55 @@ class Store:
                      snapshots: Mapping[str, bytes] | None = None,
                      deletes: Sequence[str] = (), events: Sequence[Event] = (),
                      zdict: bytes | None = None,
-                     status: Mapping[str, str] | None = None) -> bool:
+                     status: Mapping[str, str] | None = None,
+                     fence: str | None = None) -> bool:
         """Apply one page atomically. False if this very call had already been applied.
 
-        ``progress`` None leaves the cursor as it is (a reconciliation sweep)."""
+        ``progress`` None leaves the cursor as it is (a reconciliation sweep). ``zdict``:
+        the dictionary ``snapshots`` are encoded with, when it may not be stored yet; it is
+        stored in the same step, and a different stored one raises DictionaryConflict with
+        nothing written (the cached codec is dropped: the caller re-reads it). ``fence`` is
+        the writer's lease token: the page is refused (LeaseLost) unless the practice's
+        lease still holds it."""
         snaps = snapshots or {}
         fields = {**(progress_fields(progress) if progress else {}), **(status or {})}
-        args: list[Any] = [uuid.uuid4().hex, len(snaps)]
+        args: list[Any] = [uuid.uuid4().hex, zdict or b"", len(snaps)]
         for rid, blob in snaps.items():
             args += [rid, blob]
         args.append(len(deletes))
         args += list(deletes)
-        args += [len(events), practice, resource]
+        args.append(len(events))
         for e in events:
             if (e.practice, e.resource) != (practice, resource):
                 raise ValueError(f"event {e.id} is not of {practice}/{resource}")
-            args += [e.id, e.type, e.record_id, e.payload]
+            args += stream_args(e)
         args.append(len(fields))
         for k, v in fields.items():
             args += [k, v]
-        args.append(zdict or b"")
         keys = [self.keys.cursor(practice, resource), self.keys.snapshots(practice, resource),
                 self.stream, self.keys.zdict(practice, resource)]
-        applied = await self._commit(keys=keys, args=args)
+        if fence is None and self.fence is not None:
+            fence = self.fence()
+        if fence is not None:
+            keys.append(self.keys.lock(practice))
+            args.append(fence)
+        applied = int(await self._commit(keys=keys, args=args))
+        if applied == -1:
+            raise LeaseLost(f"{practice}/{resource}: page not committed, the practice's "
+                            "lease is no longer this writer's")
+        if applied == -2:
+            self._codecs.pop((practice, resource), None)
+            raise DictionaryConflict(
+                f"{practice}/{resource}: another compression dictionary is stored than the "
+                "one this process learned; nothing was written, the stored one is used next")
         return bool(applied)
 
     async def publish(self, event: Event, dedupe_seconds: int = 7 * 86400) -> bool:
         """Append a ``notifier.*`` event once: its id is remembered for ``dedupe_seconds``,
         so a retried or repeated publish of the same incident adds nothing."""
         marker = f"{self.keys.prefix}:published:{event.id}"
-        added = await self._publish(
-            keys=[self.stream, marker],
-            args=[dedupe_seconds, event.id, event.type, event.practice, event.resource,
-                  event.record_id, event.payload])
+        added = await self._publish(keys=[self.stream, marker],
+                                    args=[dedupe_seconds, *stream_args(event)])
         return added is not None
 
     async def note(self, practice: str, resource: str, **fields: str) -> None:
@@ -169,66 +238,14 @@ class Store:
         await self.redis.hset(self.keys.cursor(practice, resource), mapping=mapping)
 
 
+# Append one event unless its marker exists. KEYS[1] stream, KEYS[2] marker;
+# ARGV: marker lifetime (s), then the entry's fields as stream_args gives them.
 PUBLISH_ONCE = """
 if redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[1]) then
-  return redis.call('XADD', KEYS[1], '*', 'id', ARGV[2], 'type', ARGV[3],
-                    'practice', ARGV[4], 'resource', ARGV[5], 'record_id', ARGV[6],
-                    'payload', ARGV[7])
+  local m = tonumber(ARGV[2])
+  local fields = {}
+  for j = 1, 2 * m do fields[j] = ARGV[2 + j] end
+  return redis.call('XADD', KEYS[1], '*', unpack(fields))
 end
 return false
 """
-
-RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
-TAKE_OVER = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
-  return 1
-end
-return 0
-"""
-
-RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
-
-
-class PracticeLock:
-    """Only one daemon may poll a practice: two would publish every change twice.
-
-    The lock expires unless renewed, so a daemon that died hands it on after ``ttl``; one
-    that died on this very host (``kill -9``) hands it on at once, since its pid is gone.
-    """
-
-    def __init__(self, redis: Redis, key: str, owner: str, ttl_ms: int = 30_000) -> None:
-        self.redis, self.key, self.owner, self.ttl_ms = redis, key, owner, ttl_ms
-        self._renew = redis.register_script(RENEW)
-        self._take = redis.register_script(TAKE_OVER)
-        self._release = redis.register_script(RELEASE)
-
-    async def acquire(self, alive: Any) -> str | None:
-        """None once held; else the holder's identity. ``alive(owner)`` tells if it runs."""
-        if await self.redis.set(self.key, self.owner, nx=True, px=self.ttl_ms):
-            return None
-        holder = await self.redis.get(self.key)
-        if holder is None:
-            return await self.acquire(alive)
-        holder_s = holder.decode() if isinstance(holder, bytes) else str(holder)
-        if holder_s == self.owner:
-            return None
-        if not alive(holder_s) and await self._take(keys=[self.key],
-                                                    args=[holder, self.owner, self.ttl_ms]):
-            return None
-        return holder_s
-
-    async def renew(self) -> bool:
-        return bool(await self._renew(keys=[self.key], args=[self.owner, self.ttl_ms]))
-
-    async def release(self) -> None:
-        await self._release(keys=[self.key], args=[self.owner])

@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from notifier.core.clock import ServerClock
+from notifier.core.clock import DRIFT, MAX_GAIN_MS, QUORUM, ServerClock
 from notifier.core.timefmt import format_ms, parse_ms
 
 
@@ -32,10 +32,8 @@ def test_server_clock_follows_date_headers_and_elapsed_time() -> None:
     assert c.now(100.0) is None
     c.observe(1_000_000, 100.0)
     assert c.now(102.5) == 1_002_500
-    c.observe(1_001_000, 102.6)  # older truncated Date: the running estimate is kept
-    assert c.now(102.6) == 1_002_600
-    c.observe(1_010_000, 103.0)  # a later Date moves it forward
-    assert c.now(103.0) == 1_010_000
+    c.observe(1_002_000, 102.6)  # an older truncated Date: the lower bound is followed
+    assert c.now(102.6) == 1_002_000
 
 
 def test_server_clock_follows_a_step_back() -> None:
@@ -43,3 +41,64 @@ def test_server_clock_follows_a_step_back() -> None:
     c.observe(1_000_000, 0.0)
     c.observe(900_000, 1.0)
     assert c.now(1.0) == 900_000
+
+
+MIN10 = 600_000
+
+
+def steady(c: ServerClock, start: float, n: int, step: float = 1.0, skew: int = 0) -> float:
+    """``n`` good samples (server time = 10^12 + mono in ms), ``step`` seconds apart."""
+    t = start
+    for _ in range(n):
+        c.observe(10**12 + round(t * 1000) + skew, t)
+        t += step
+    return t
+
+
+def test_one_outlier_never_moves_the_estimate_ahead() -> None:
+    c = ServerClock()
+    t = steady(c, 0.0, 3)
+    c.observe(10**12 + round(t * 1000) + MIN10, t)   # /v1/user from a node 10 min ahead
+    assert c.now(t) is not None and c.now(t) <= 10**12 + round(t * 1000) + 1
+
+
+def test_a_three_response_blip_is_outvoted() -> None:
+    c = ServerClock()
+    t = steady(c, 0.0, 2)
+    for _ in range(3):
+        c.observe(10**12 + round(t * 1000) + MIN10, t)
+        t += 0.1
+    now = c.now(t)
+    assert now is not None and now <= 10**12 + round(t * 1000) + 5   # a drift's worth
+    t = steady(c, t, 5)
+    assert c.now(t) == 10**12 + round(t * 1000)
+
+
+def test_several_agreeing_samples_over_time_move_it_ahead() -> None:
+    c = ServerClock()
+    t = steady(c, 0.0, 3)
+    t = steady(c, t, 4, step=10.0, skew=MIN10)
+    assert c.now(t) < 10**12 + round(t * 1000) + 1000   # four agree: not yet
+    t = steady(c, t, 1, step=10.0, skew=MIN10)
+    assert c.now(t) == 10**12 + round(t * 1000) + MIN10
+
+
+@given(st.lists(st.tuples(st.floats(0.0, 30.0), st.integers(0, 999),
+                          st.integers(0, QUORUM - 1), st.integers(1, 3_600_000)),
+                max_size=60))
+def test_outlier_runs_shorter_than_a_quorum_never_run_ahead(
+        steps: list[tuple[float, int, int, int]]) -> None:
+    """Good samples (truncated: up to 999 ms low) interleaved with runs of up to four
+    outliers up to an hour ahead: the estimate never runs ahead of the true time by more
+    than the drift allows (1 ms a second, at most 1 s a step)."""
+    c = ServerClock()
+    t = 0.0
+    c.observe(10**12, t)
+    for gap, trunc, bad, ahead in steps:
+        t += gap
+        c.observe(10**12 + round(t * 1000) - trunc, t)
+        for _ in range(bad):
+            c.observe(10**12 + round(t * 1000) + ahead, t)
+        now = c.now(t)
+        assert now is not None
+        assert now <= 10**12 + round(t * 1000) + DRIFT * t * 1000 + MAX_GAIN_MS

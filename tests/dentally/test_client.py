@@ -130,3 +130,33 @@ async def test_rate_headers_are_tracked() -> None:
         "x-ratelimit-reset": "1795795200"}))
     await c.user()
     assert (c.rate.limit, c.rate.remaining, c.rate.reset_at) == (3600, 3000, 1795795200.0)
+
+
+async def test_the_hourly_cap_403_body_is_a_rate_limit_whatever_the_headers_say() -> None:
+    """Reported: the hourly cap answers 403 with this body and no Retry-After. Even with a
+    stale ``x-ratelimit-remaining`` above zero it must never read as a missing scope (or,
+    through the lifecycle, as a revocation)."""
+    from notifier.core.keylife import Outcome
+
+    told: list[Outcome] = []
+    c = client(lambda r: reply(403, {"error": {"type": "invalid_access_error",
+                                               "message": "Rate limit exceeded"}},
+                               **{"x-ratelimit-remaining": "12",
+                                  "x-ratelimit-reset": "1795795200"}),
+               wall=lambda: 1_795_791_600.0)
+    c.observer = lambda outcome, *_: told.append(outcome)
+    with pytest.raises(RateLimited) as info:
+        await c.page(resources.get("patients"), page=1, per_page=100)
+    assert info.value.reset_at == 1_795_795_200.0
+    assert told == [Outcome.RATE_LIMITED]
+
+
+async def test_the_gate_refuses_all_but_probes_without_a_request() -> None:
+    sent: list[httpx.Request] = []
+    c = client(lambda r: sent.append(r) or reply(200, {"user": {"id": 1}}))
+    c.gate = lambda probe: 0.0 if probe else None
+    with pytest.raises(AuthError, match="not sent"):
+        await c.get("/patients")
+    assert sent == []
+    await c.user(probe=True)
+    assert len(sent) == 1

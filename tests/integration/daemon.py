@@ -36,8 +36,9 @@ def write_config(path: Path, *, redis_url: str, prefix: str, stream: str, base_u
             return "{ " + ", ".join(f"{k} = {toml(v)}" for k, v in value.items()) + " }"
         return json.dumps(value)
 
+    # A short lease: a daemon killed with -9 hands its practice on within 1.5 s.
     lines = ["[redis]", f"url = {toml(redis_url)}", f"stream = {toml(stream)}",
-             f"prefix = {toml(prefix)}", "", "[[practices]]"]
+             f"prefix = {toml(prefix)}", "practice_lease = 1.5", "", "[[practices]]"]
     lines += [f"{k} = {toml(v)}" for k, v in keys.items()]
     for more in more_practices or []:
         extra = {"region": "sandbox", "base_url": base_url, "poll_interval": 0.2,

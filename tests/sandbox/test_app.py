@@ -124,6 +124,46 @@ async def test_fixed_rate_window(api: httpx.AsyncClient, control: SandboxControl
     assert (await api.get("/user")).status_code == 200
 
 
+async def test_hourly_cap_answers_the_reported_403_body(api: httpx.AsyncClient,
+                                                       control: SandboxControl) -> None:
+    await control.quirks(rate_limit=1, rate_window=60)
+    assert (await api.get("/user")).status_code == 200
+    r = await api.get("/user")
+    assert r.status_code == 403 and "retry-after" not in r.headers
+    assert r.json() == {"error": {"type": "invalid_access_error",
+                                  "message": "Rate limit exceeded"}}
+
+
+async def test_window_starting_at_the_first_request(api: httpx.AsyncClient,
+                                                    control: SandboxControl) -> None:
+    await control.quirks(rate_limit=2, rate_window=60, rate_window_start="first_request")
+    first = (await control.clock(freeze_ms=1_795_791_601_500))["now_ms"]
+    assert (await api.get("/user")).headers["x-ratelimit-reset"] == str(
+        -(-(first + 60_000) // 1000))   # not the clock minute: 60 s after the first request
+    await control.clock(advance_ms=59_000)
+    assert (await api.get("/user")).status_code == 200
+    assert (await api.get("/user")).status_code == 403
+    await control.clock(advance_ms=1_000)   # 60 s after the first request: a new window
+    r = await api.get("/user")
+    assert r.status_code == 200 and r.headers["x-ratelimit-remaining"] == "1"
+    assert r.headers["x-ratelimit-reset"] == str((first + 120_000) // 1000 + 1)
+
+
+async def test_burst_limit_per_key(api: httpx.AsyncClient, control: SandboxControl) -> None:
+    await control.quirks(burst_limit=3)
+    await control.clock(freeze_ms=1_795_791_601_000)
+    seen = [await api.get("/user") for _ in range(4)]
+    assert [r.status_code for r in seen] == [200, 200, 200, 429]
+    assert seen[3].headers["retry-after"] == "1"
+    await control.add_key("other-key")   # another key of the same user has its own burst
+    other = {"Authorization": "Bearer other-key"}
+    assert (await api.get("/user", headers=other)).status_code == 200
+    await control.clock(advance_ms=1_000)
+    assert (await api.get("/user")).status_code == 200
+    statuses = [s for _, _, s in (await control.stats())["log"]]
+    assert statuses.count(429) == 1 and statuses.count(200) == 5
+
+
 async def test_date_header_follows_the_sandbox_clock(api: httpx.AsyncClient,
                                                      control: SandboxControl) -> None:
     await control.clock(freeze_ms=1_700_000_000_000)
@@ -151,3 +191,74 @@ async def test_unstable_pages_repeat_and_skip(api: httpx.AsyncClient,
         ids += [row["id"] for row in r.json()["patients"]]
     assert len(ids) == 1000
     assert 0 < 1000 - len(set(ids)) < 100  # some served twice, as many never
+
+
+async def test_each_endpoint_honours_only_its_own_filters(
+        api: httpx.AsyncClient, control: SandboxControl) -> None:
+    """From dentally-api.md, not from the product's table: payments have no updated_after,
+    treatment plan items no updated_before, reference data no update filter at all."""
+    now = (await control.clock())["now_ms"]
+    for resource in ("payments", "treatment_plan_items", "rooms", "patients"):
+        await control.seed(resource, 2, at_ms=now - 10 * DAY)
+        await control.seed(resource, 1, at_ms=now - DAY)
+    recent = {"updated_after": format_ms(now - 2 * DAY)}
+    old = {"updated_before": format_ms(now - 2 * DAY)}
+
+    async def count(resource: str, params: dict[str, str]) -> int:
+        return int((await api.get(f"/{resource}", params=params)).json()["meta"]["total_count"])
+
+    assert await count("patients", recent) == 1 and await count("patients", old) == 2
+    assert await count("payments", recent) == 3
+    assert await count("treatment_plan_items", recent) == 1
+    assert await count("treatment_plan_items", old) == 3
+    assert await count("rooms", recent) == 3
+    # An ignored filter is not even parsed.
+    assert (await api.get("/payments", params={"updated_after": "soon"})).status_code == 200
+
+
+async def test_one_shot_date_offsets_and_a_skewed_date(api: httpx.AsyncClient,
+                                                       control: SandboxControl) -> None:
+    await control.clock(freeze_ms=1_700_000_000_000)
+    await control.quirks(date_offsets=[600_000, 600_000])
+
+    async def date() -> float:
+        return parsedate_to_datetime((await api.get("/user")).headers["date"]).timestamp()
+
+    assert [await date() for _ in range(3)] == [1_700_000_600, 1_700_000_600, 1_700_000_000]
+    await control.quirks(date_skew_ms=-5000)
+    assert await date() == 1_699_999_995
+
+
+async def test_writes_between_two_page_reads(api: httpx.AsyncClient,
+                                            control: SandboxControl) -> None:
+    ids = await control.seed("appointments", 6)
+    await control.quirks(between_pages=[{"resource": "appointments", "after_page": 1,
+                                         "delete": 1, "create": 1}])
+    params = {"cancelled": "true", "per_page": 3}
+    p1 = (await api.get("/appointments", params=params)).json()
+    p2 = (await api.get("/appointments", params={**params, "page": 2})).json()
+    assert p1["meta"]["total_count"] == p2["meta"]["total_count"] == 6
+    seen = [str(r["id"]) for r in p1["appointments"] + p2["appointments"]]
+    assert len(set(seen)) == 6 and ids[0] in seen
+    assert ids[3] not in seen       # slid onto page 1 after it was read: never served
+    assert (await control.quirks())["between_pages"] == []   # fired once
+
+
+async def test_records_stamped_in_the_future(api: httpx.AsyncClient,
+                                             control: SandboxControl) -> None:
+    now = (await control.clock(freeze_ms=1_700_000_000_000))["now_ms"]
+    await control.quirks(write_skew_ms=3_600_000)
+    made = await control.create("patients")
+    assert parse_ms(made["updated_at"]) == now + 3_600_000
+
+
+def test_the_sandbox_does_not_read_the_product_resource_table() -> None:
+    """The sandbox describes Dentally on its own (notifier/sandbox/api.py): built from the
+    table under test, a wrong assumption there could never fail a test."""
+    from pathlib import Path
+
+    import notifier.sandbox as pkg
+    for source in Path(pkg.__file__).parent.glob("*.py"):
+        assert "import" not in "".join(
+            line for line in source.read_text().splitlines() if "core.resources" in line
+        ), source.name

@@ -55,3 +55,28 @@ def test_round_trip_any_record(value: dict[str, str]) -> None:
 def test_unknown_format_is_an_error() -> None:
     with pytest.raises(ValueError, match="unknown snapshot format"):
         Codec().decode_bytes(b"\x09abc")
+
+
+def test_a_blob_never_decodes_with_another_dictionary() -> None:
+    one, other = learn(records(LEARN_MIN, 4)), learn(records(LEARN_MIN, 5))
+    assert one is not None and other is not None and one != other
+    blob = Codec(one).encode(records(1, 9)[0])
+    with pytest.raises(ValueError, match="dictionary"):
+        Codec(other).decode(blob)
+
+
+def test_garbage_is_a_value_error() -> None:
+    for blob in (b"\x01\xff\xff\xff", b"\x02garbage", b"\x00\xff\xfe", b"\x00[1]"):
+        with pytest.raises(ValueError):
+            Codec(learn(records(LEARN_MIN))).decode(blob)
+
+
+def test_an_adopted_dictionary_is_pending_until_saved() -> None:
+    codec = Codec()
+    zdict = learn(records(LEARN_MIN))
+    assert zdict is not None and codec.pending() is None
+    codec.adopt(zdict)
+    assert codec.pending() == zdict
+    codec.saved = True
+    assert codec.pending() is None
+    assert Codec(zdict).pending() is None

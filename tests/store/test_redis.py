@@ -1,21 +1,23 @@
-"""The Redis adapter against a real server: atomic, idempotent page commits and the lock."""
+"""The Redis adapter against a real server: atomic, idempotent page commits."""
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from notifier.core.cursor import Progress, Window
 from notifier.events import record_event
 from notifier.store.keys import Keys
-from notifier.store.redis import PracticeLock, Store
+from notifier.store.redis import DictionaryConflict, Store
 from tests.conftest import Namespace
+from tests.proxy import DropReplyProxy
 
 T = datetime(2026, 11, 27, tzinfo=UTC)
 
@@ -40,57 +42,19 @@ async def test_commit_writes_everything_together(store: Store) -> None:
     assert set(entries[0][1]) == {b"id", b"type", b"practice", b"resource", b"record_id",
                                   b"payload"}
     assert await store.redis.get(store.keys.zdict("main", "patients")) == b"dict"
-    # The dictionary is written once and never replaced.
-    await store.commit("main", "patients", progress=p, zdict=b"other")
+    # The dictionary is written once and never replaced; a commit whose snapshots need
+    # another one writes nothing at all.
+    with pytest.raises(DictionaryConflict):
+        await store.commit("main", "patients", progress=Progress(cursor=9),
+                           snapshots={"3": b"d"}, events=events(1), zdict=b"other")
     assert await store.redis.get(store.keys.zdict("main", "patients")) == b"dict"
+    assert await store.progress("main", "patients") == p
+    assert await store.snapshots("main", "patients", ["3"]) == [None]
+    assert len(await store.redis.xrange(store.stream)) == 3
 
 
 async def test_fresh_progress_is_empty(store: Store) -> None:
     assert await store.progress("main", "patients") == Progress()
-
-
-class DropReplyProxy:
-    """A TCP proxy to Redis that, when armed, lets the next EVALSHA reach the server and
-    then cuts the connection before its reply gets back: the lost-reply case."""
-
-    def __init__(self, host: str, port: int) -> None:
-        self.host, self.port = host, port
-        self.armed = False
-        self.dropped = 0
-        self.server: asyncio.Server | None = None
-
-    async def start(self) -> int:
-        self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
-        return int(self.server.sockets[0].getsockname()[1])
-
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
-                      ) -> None:
-        up_r, up_w = await asyncio.open_connection(self.host, self.port)
-        cut = asyncio.Event()
-
-        async def upstream() -> None:
-            while data := await reader.read(65536):
-                if self.armed and b"EVALSHA" in data.upper():
-                    self.armed = False
-                    cut.set()
-                up_w.write(data)
-                await up_w.drain()
-
-        async def downstream() -> None:
-            while data := await up_r.read(65536):
-                if cut.is_set():
-                    self.dropped += 1
-                    break
-                writer.write(data)
-                await writer.drain()
-            writer.close()
-            up_w.close()
-
-        await asyncio.gather(upstream(), downstream(), return_exceptions=True)
-
-    async def stop(self) -> None:
-        assert self.server is not None
-        self.server.close()
 
 
 @pytest.fixture
@@ -127,16 +91,14 @@ async def test_commit_to_wrong_type_fails_before_publishing(store: Store) -> Non
     assert (await store.progress("main", "patients")).cursor is None
 
 
-async def test_lock_is_exclusive_and_taken_over_from_dead_owner(store: Store) -> None:
-    key = store.keys.lock("main")
-    a = PracticeLock(store.redis, key, "host:1:a", ttl_ms=5000)
-    b = PracticeLock(store.redis, key, "host:2:b", ttl_ms=5000)
-    assert await a.acquire(lambda owner: True) is None
-    assert await b.acquire(lambda owner: True) == "host:1:a"
-    assert await b.acquire(lambda owner: owner != "host:1:a") is None
-    assert not await a.renew()
-    assert await b.renew()
-    await a.release()  # not the holder: no effect
-    assert await store.redis.get(key) == b"host:2:b"
-    await b.release()
-    assert await store.redis.get(key) is None
+async def test_replayed_commit_applies_once(
+        proxied: tuple[Store, DropReplyProxy], store: Store) -> None:
+    """A commit delivered twice (a retrying client or proxy) applies once: the token."""
+    pstore, proxy = proxied
+    await pstore.commit("main", "invoices", progress=Progress(cursor=1))  # loads the script
+    proxy.armed = proxy.replay = True
+    big = events(300)   # a command longer than one read
+    with contextlib.suppress(RedisConnectionError):  # this client retries; the daemon's does not
+        await pstore.commit("main", "patients", progress=Progress(cursor=2), events=big)
+    assert proxy.replayed == 1
+    assert await store.redis.xlen(store.stream) == 300

@@ -1,0 +1,197 @@
+"""One resource of one practice, polled for ever, and isolated from everything else.
+
+Whatever goes wrong while polling this resource stays here: expected failures (Dentally
+errors, Redis errors) are retried with backoff, and so is anything unexpected (a bug, a
+record of a shape nobody foresaw): it is logged once with its traceback, written to
+``status`` as ``last_error``, and retried with a growing backoff, while the practice's
+other resources and its key keep-alive carry on. Only two things leave this loop: a lost
+lease (``LeaseLost``: the practice must be taken up again) and cancellation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+from redis.exceptions import RedisError
+
+from notifier.config import PracticeConfig
+from notifier.core import resources
+from notifier.core.cursor import Policy
+from notifier.core.health import Health
+from notifier.core.keylife import KeyLife
+from notifier.core.retry import backoff
+from notifier.dentally.client import DentallyClient
+from notifier.errors import AuthError, DentallyError, LeaseLost, RateLimited, ScopeError
+from notifier.events import Event
+from notifier.ops.metrics import Metrics
+from notifier.service.poller import ResourcePoller
+from notifier.store.redis import Store
+
+log = logging.getLogger("notifier.practice")
+
+BUG_BACKOFF_BASE = 5.0      # an unexpected error is retried after 5 s, 10 s, ... 10 min
+BUG_BACKOFF_CAP = 600.0
+PAUSED_RECHECK = 1.0        # a refused request (key stopped): look again this soon
+
+
+def policy_for(cfg: PracticeConfig) -> Policy:
+    return Policy(overlap_ms=int(cfg.overlap * 1000), per_page=cfg.per_page,
+                  window_rows=cfg.window_rows)
+
+
+def _float(value: str | None) -> float | None:
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+class ResourceLoop:
+    def __init__(self, store: Store, cfg: PracticeConfig, name: str, client: DentallyClient,
+                 life: KeyLife, *, health: Health, metrics: Metrics | None,
+                 wall: Callable[[], float] = time.time) -> None:
+        self.store, self.cfg, self.name, self.client, self.life = store, cfg, name, client, life
+        self.health, self.metrics, self._wall = health, metrics, wall
+        self.extra: dict[str, Any] = {"practice": cfg.name, "resource": name}
+        self._incident: str | None = None
+        """The unexpected error this resource is failing with (logged in full once)."""
+
+    async def run(self) -> None:
+        cfg, name = self.cfg, self.name
+        poller = ResourcePoller(self.store, self.client, cfg.name, resources.get(name),
+                                policy_for(cfg), initial_sync=cfg.initial_sync,
+                                max_delete_fraction=cfg.max_delete_fraction)
+        interval = cfg.interval(name)
+        attempt = 0
+        next_sweep: float | None = None
+        beat = f"{cfg.name}/{name}"
+        # A page, or a wait for the rate budget (beating every 10 s), must come
+        # within this long, or the loop is wedged.
+        page_within = 2 * cfg.timeout + 10.0
+        self.client.heartbeat = lambda: self.health.beat(beat, self._wall(), page_within)
+        poller.heartbeat = self.client.heartbeat
+        if self.metrics is not None:
+            poller.on_events = self._count_events
+            poller.on_stat = self._count_stat
+        try:
+            while True:
+                self.health.beat(beat, self._wall(), page_within)
+                started = anyio.current_time()
+                outcome = "ok"
+                try:
+                    if (wait := self.life.scope_wait(name, self._wall())) > 0:
+                        outcome = "scope_denied"
+                        delay = min(wait, PAUSED_RECHECK * 10)
+                    else:
+                        if next_sweep is None:
+                            next_sweep = await self._first_sweep()
+                        published = await poller.poll_once()
+                        attempt = 0
+                        self._recovered()
+                        if published:
+                            log.info("published %d event%s", published,
+                                     "s" * (published != 1), extra=self.extra)
+                        if self._wall() >= next_sweep or await poller.sweep_requested():
+                            await poller.reconcile()
+                            next_sweep = self._wall() + cfg.reconcile_interval
+                        delay = max(0.0, interval - (anyio.current_time() - started))
+                except LeaseLost:
+                    raise
+                except AuthError:
+                    # The key's lifecycle has it (confirming or revoked): it pauses the
+                    # pollers; until it does, ask again soon without any request.
+                    outcome = "key_rejected"
+                    delay = PAUSED_RECHECK
+                except RateLimited as exc:
+                    outcome = "rate_limited"
+                    delay = self._until(exc.reset_at)
+                    await self._note_error(f"rate limited: {exc}")
+                    log.warning("rate limited; waiting %.0fs", delay, extra=self.extra)
+                except ScopeError as exc:
+                    outcome = "scope_denied"
+                    delay = min(cfg.scope_recheck_interval, PAUSED_RECHECK * 10)
+                    await self._note_error(f"scope denied: {exc}")
+                    log.error("the key may not read %s (%s); trying again in %.0fs", name,
+                              exc, cfg.scope_recheck_interval, extra=self.extra)
+                except (DentallyError, RedisError) as exc:
+                    outcome = "error"
+                    delay = backoff(attempt)
+                    attempt += 1
+                    await self._note_error(str(exc))
+                    log.warning("poll failed (%s: %s); retrying in %.1fs",
+                                type(exc).__name__, exc, delay, extra=self.extra)
+                except Exception as exc:  # isolation: see the module's docstring
+                    outcome = "bug"
+                    delay = backoff(attempt, base=BUG_BACKOFF_BASE, cap=BUG_BACKOFF_CAP)
+                    attempt += 1
+                    await self._unexpected(exc, delay, attempt)
+                if self.metrics is not None:
+                    self.metrics.polls.labels(cfg.name, name, outcome).inc()
+                    self.metrics.poll_seconds.labels(cfg.name, name).observe(
+                        anyio.current_time() - started)
+                self.health.beat(beat, self._wall(), delay + page_within)
+                await anyio.sleep(delay)
+        finally:
+            self.health.forget(beat)
+
+    async def _unexpected(self, exc: Exception, delay: float, attempt: int) -> None:
+        """Log an unexpected error in full the first time, briefly while it repeats."""
+        what = f"{type(exc).__name__}: {exc}"
+        await self._note_error(f"unexpected error: {what}")
+        if what != self._incident:
+            self._incident = what
+            log.error("polling %s stopped by an unexpected error; the other resources go "
+                      "on; retrying in %.0fs", self.name, delay, exc_info=exc,
+                      extra=self.extra)
+        else:
+            log.warning("still failing (%s), attempt %d; retrying in %.0fs", what, attempt,
+                        delay, extra=self.extra)
+
+    def _recovered(self) -> None:
+        if self._incident is not None:
+            log.info("polling %s recovered from: %s", self.name, self._incident,
+                     extra=self.extra)
+            self._incident = None
+
+    def _until(self, reset_at: float | None) -> float:
+        if reset_at is None:
+            return 60.0
+        return min(3600.0, max(1.0, reset_at - self._wall()))
+
+    def _count_stat(self, stat: str, n: int) -> None:
+        """The poller's counts of re-reads, incomplete windows, unreadable snapshots and
+        held sweeps, into their metrics."""
+        m = self.metrics
+        if m is None:
+            return
+        counter = {"rereads": m.window_rereads, "incomplete": m.windows_incomplete,
+                   "unreadable": m.snapshots_unreadable,
+                   "suspicious": m.reconcile_suspicious}.get(stat)
+        if counter is not None:
+            counter.labels(self.cfg.name, self.name).inc(n)
+
+    def _count_events(self, events: list[Event]) -> None:
+        if self.metrics is not None:
+            for e in events:
+                self.metrics.events.labels(self.cfg.name, e.type).inc()
+
+    async def _first_sweep(self) -> float:
+        """When the next reconciliation sweep is due: ``reconcile_interval`` after the last
+        one, or after now if there never was one (a first sync needs no sweep)."""
+        key = self.store.keys.cursor(self.cfg.name, self.name)
+        raw: Any = await self.store.redis.hget(key, "last_reconcile_at")
+        last = _float(raw.decode() if raw else None)
+        if last is None:
+            last = self._wall()
+            await self.store.note(self.cfg.name, self.name, last_reconcile_at=str(last))
+        return last + self.cfg.reconcile_interval
+
+    async def _note_error(self, message: str) -> None:
+        with contextlib.suppress(RedisError):
+            await self.store.note(self.cfg.name, self.name, last_error=message,
+                                  last_error_at=str(self._wall()))

@@ -1,0 +1,92 @@
+"""Mutants: the campaign must fail when one safety rule of the daemon is switched off.
+
+Each mutant is a copy of ``notifier/`` with one rule removed by a textual edit; the daemon
+runs from that copy (``PYTHONPATH``) while the sandbox, receivers and checker run from the
+real tree. A mutant that the campaign does not kill means the campaign cannot see that
+rule.
+
+    python -m tests.campaign.mutants [NAME ...] [--seed N] [--seconds S]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import anyio
+
+from tests.campaign.run import Options, campaign
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass(frozen=True)
+class Mutant:
+    name: str
+    file: str
+    old: str
+    new: str
+    only: frozenset[str] | None = None
+    """Faults that expose it (None: all); fewer faults make a short run sharper."""
+    rate: float = 0.8
+
+
+MUTANTS = [
+    Mutant("commit-token", "notifier/store/redis.py",
+           "if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then return 0 end\n", "",
+           frozenset({"redis.replayed_command", "dentally.shared_updated_at"})),
+    Mutant("clean-read", "notifier/core/cursor.py",
+           "        if total_count != count0 or (total_count is None and duplicate):\n"
+           "            return self._dirty()\n", "",
+           frozenset({"dentally.unstable", "dentally.churn"}), rate=0.25),
+    Mutant("ack-before-2xx", "notifier/service/delivery.py",
+           '        if outcome == "delivered":\n', '        if True:\n',
+           frozenset({"subscriber.failing", "subscriber.hanging", "subscriber.gone_410"})),
+]
+
+
+def build(m: Mutant, into: Path) -> Path:
+    shutil.copytree(ROOT / "notifier", into / "notifier")
+    target = into / m.file
+    text = target.read_text()
+    if text.count(m.old) != 1:
+        raise SystemExit(f"mutant {m.name}: the rule to remove is not (once) in {m.file}")
+    target.write_text(text.replace(m.old, m.new))
+    return into
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("names", nargs="*", help="mutants to run (default: all)")
+    p.add_argument("--seed", type=int, default=11)
+    p.add_argument("--seconds", type=float, default=30.0)
+    p.add_argument("--all-faults", action="store_true",
+                   help="every fault, not only those that expose the mutant")
+    a = p.parse_args(argv)
+    alive = []
+    for m in MUTANTS:
+        if a.names and m.name not in a.names:
+            continue
+        with tempfile.TemporaryDirectory(prefix=f"mutant-{m.name}-") as tmp:
+            path = build(m, Path(tmp))
+            opts = Options(a.seed, a.seconds, only=None if a.all_faults else
+                           (set(m.only) if m.only else None),
+                           daemon_path=str(path), quiet=True, rate=m.rate)
+            result = anyio.run(campaign, opts)
+        kinds = Counter(v.check for v in result.violations)
+        verdict = "KILLED" if result.violations else "SURVIVED"
+        print(f"mutant {m.name} (seed {a.seed}): {verdict} {dict(kinds)}")
+        for v in result.violations[:3]:
+            print("  " + v.render(result.evidence.started).replace("\n", "\n  "))
+        if not result.violations:
+            alive.append(m.name)
+    return 1 if alive else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
