@@ -3,7 +3,8 @@
 Exit codes (also in the README):
     0  success
     1  unexpected internal error (a bug: please report it with the log)
-    2  bad usage or invalid configuration (the message names the key)
+    2  bad usage or invalid configuration (the message names the key or variable), or a
+       port already in use
     3  ``check`` found a problem (the table says which), ``redeliver`` could not
        deliver every event, or ``reconcile --accept`` found nothing held
     4  Redis could not be reached at start
