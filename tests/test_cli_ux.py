@@ -63,7 +63,7 @@ async def test_commands_that_read_redis_alone_need_no_keys(
         tmp_path: Path, redis_url: str, ns: Namespace, redis: Redis) -> None:
     cfg = str(keyless_config(tmp_path, redis_url, ns))
     for args in (("status",), ("status", "--json"), ("tail", "--no-follow"),
-                 ("subscriber", "enable", "crm"), ("reconcile", "main", "patients")):
+                 ("subscriber", "enable", "crm")):
         done = run_cli(*args, "--config", cfg)
         assert done.returncode == 0, (args, done.stderr)
         assert "UNSET_DENTALLY_KEY_FOR_TEST" not in done.stderr

@@ -206,3 +206,13 @@ def test_cli_refuses_a_loopback_subscriber_with_exit_2(tmp_path: Path) -> None:
                           env={"TEST_DENTALLY_KEY": "k", "PATH": "/usr/bin:/bin"})
     assert done.returncode == 2
     assert "subscribers[0] (crm).url" in done.stderr and "allow_private" in done.stderr
+
+
+def test_max_delete_fraction_defaults_and_is_bounded(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_DENTALLY_KEY", "k1")
+    assert config.load(write(tmp_path, MINIMAL)).practices[0].max_delete_fraction == 0.2
+    patched = MINIMAL.replace("poll_interval = 60", "poll_interval = 60\nmax_delete_fraction = 1.5")
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, patched))
+    assert "practices[0] (main).max_delete_fraction" in str(info.value)

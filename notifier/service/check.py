@@ -22,9 +22,17 @@ from notifier.core.text import plural
 from notifier.delivery import safety
 from notifier.delivery.sender import Sender
 from notifier.dentally.client import DentallyClient
-from notifier.errors import AuthError, ConfigError, DentallyError, ScopeError, StoreError
+from notifier.errors import (
+    AuthError,
+    ConfigError,
+    DentallyError,
+    RateLimited,
+    ScopeError,
+    StoreError,
+)
 from notifier.events import known_event_types, notifier_event
 from notifier.service.daemon import connect, redact, store_risks
+from notifier.service.pacing import plan_for
 
 Row = tuple[str, str, str]
 
@@ -50,6 +58,13 @@ async def _redis_rows(settings: Settings) -> list[Row]:
 async def _practice_rows(settings: Settings) -> list[Row]:
     rows: list[Row] = []
     for p in settings.practices:
+        plan = plan_for(p)
+        if plan.stretched:
+            rows.append((f"practice {p.name}: rate budget", "warn", plan.message()))
+        else:
+            rows.append((f"practice {p.name}: rate budget", "ok",
+                         f"steady polls need {round(plan.need_per_hour):,} requests/h; "
+                         f"the share is {p.max_requests_per_hour:,}"))
         try:
             key = p.api_key_value()
         except ConfigError as exc:
@@ -68,11 +83,17 @@ async def _practice_rows(settings: Settings) -> list[Row]:
                     rows.append((what, "ok", f"readable, {total} records"))
                 except ScopeError as exc:
                     rows.append((what, "FAIL", f"{p.url}: scope denied: {exc}"))
+                except RateLimited as exc:
+                    rows.append((what, "warn", f"{p.url}: not checked, Dentally's rate "
+                                               f"limit: {exc}"))
                 except DentallyError as exc:
                     rows.append((what, "FAIL", f"{p.url}: {exc}"))
         except AuthError as exc:
             rows.append((f"practice {p.name}: key", "FAIL",
                          f"{p.url}: invalid, revoked or expired: {exc}"))
+        except RateLimited as exc:
+            rows.append((f"practice {p.name}: key", "warn",
+                         f"{p.url}: not checked, Dentally's rate limit: {exc}"))
         except DentallyError as exc:
             rows.append((f"practice {p.name}: key", "FAIL", f"{p.url}: {exc}"))
         finally:
