@@ -87,13 +87,20 @@ def test_bad_usage_exits_2(args: tuple[str, ...]) -> None:
 
 
 def test_demo_shows_events_within_10_seconds() -> None:
+    """As a new user runs it (no REDIS_URL: its embedded server): events within 10 s, no
+    warning about the throwaway server's persistence, real-looking edits, and it ends
+    with what to try next."""
     started = time.monotonic()
+    env = {k: v for k, v in os.environ.items() if k != "REDIS_URL"}
     proc = subprocess.Popen([sys.executable, "-m", "notifier", "demo", "--duration", "20"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=env)
     assert proc.stdout is not None
     seen = []
+    lines = []
     try:
         for line in proc.stdout:
+            lines.append(line)
             if "webhook " in line and "signature ok" in line:
                 seen.append((time.monotonic() - started, line))
                 if len(seen) >= 5 and any(".updated" in ln for _, ln in seen):
@@ -101,9 +108,15 @@ def test_demo_shows_events_within_10_seconds() -> None:
     finally:
         proc.terminate()
         proc.wait(15)
+    lines += proc.stdout.read().splitlines(keepends=True)
     assert seen and seen[0][0] < 10, seen[:3]
     assert any("patient.created" in ln for _, ln in seen)
     assert proc.returncode == 0
+    out = "".join(lines)
+    assert "appendonly" not in out and "Traceback" not in out, out
+    assert '"rev"' not in out and "amount -" not in out, out
+    assert "What to try next" in out
+    assert lines[-1].strip().startswith("* Install it for real"), lines[-3:]
 
 
 async def test_tail_shows_recent_events_filtered_by_type(
