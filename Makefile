@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench soak mutants clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,16 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/deliver.py
+
+# The long fault campaign: `make soak` (30 minutes), or e.g.
+# `make soak ARGS='--seed 42 --minutes 5'`; `--enable all` adds the faults left off while
+# other issues fix them. Needs a Redis: REDIS_URL, default redis://127.0.0.1:6379/0.
+soak: $(STAMP)
+	$(BIN)/python -m tests.campaign.run $(or $(ARGS),--minutes 30)
+
+# Each safety rule removed in turn: the campaign must fail (see tests/campaign/mutants.py).
+mutants: $(STAMP)
+	$(BIN)/python -m tests.campaign.mutants $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -94,6 +94,8 @@ class PracticeConfig(_Strict):
     intervals: dict[str, Seconds] = Field(default_factory=dict)
     initial_sync: Literal["seed", "emit"] = "seed"
     max_requests_per_hour: Annotated[int, Field(ge=1)] = 1800
+    max_requests_per_second: Annotated[float, Field(gt=0, le=100)] = 5.0
+    """Pace of every request with this key (Dentally's burst limit is ~10/s per key)."""
     keepalive_interval: Seconds = 21_600
     reconcile_interval: Seconds = 86_400
     max_delete_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2

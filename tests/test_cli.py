@@ -30,6 +30,7 @@ async def test_check_passes_then_names_a_denied_scope(
     done = run_cli("check", "--config", str(cfg))
     assert done.returncode == 0, done.stdout + done.stderr
     assert "practice main: key" in done.stdout and "practice main: patients" in done.stdout
+    assert "practice main: rate budget" in done.stdout
     await control.add_key("narrow", scopes=["patients:read", "invoices:read",
                                             "payments:read"])
     cfg = write_config(tmp_path / "n.toml", redis_url=redis_url, prefix=ns.prefix,
@@ -51,6 +52,20 @@ async def test_check_fails_on_revoked_key_and_unreachable_redis(
     done = run_cli("check", "--config", str(cfg))
     assert done.returncode == 3
     assert "revoked" in done.stdout and "cannot reach Redis" in done.stdout
+
+
+async def test_check_says_when_intervals_are_stretched_to_fit_the_share(
+        tmp_path: Path, redis_url: str, ns: Namespace, sandbox: SandboxThread) -> None:
+    cfg = write_config(tmp_path / "c.toml", redis_url=redis_url, prefix=ns.prefix,
+                       stream=ns.stream, base_url=sandbox.url, key=sandbox.key or "",
+                       resources=["patients", "appointments", "invoices"], poll_interval=1,
+                       max_requests_per_hour=360, rate_window=3600)
+    done = run_cli("check", "--config", str(cfg))
+    assert done.returncode == 0, done.stdout + done.stderr   # a warning, not a failure
+    line = next(ln for ln in done.stdout.splitlines() if "rate budget" in ln)
+    assert "warn" in line
+    assert line.endswith("patients, appointments, invoices every 1 s need 10,800 "
+                         "requests/h; the share is 360; polling every 30 s instead"), line
 
 
 def test_run_exits_4_when_redis_is_unreachable(tmp_path: Path, ns: Namespace) -> None:

@@ -9,8 +9,16 @@ from redis.exceptions import RedisError
 from notifier.config import Settings
 from notifier.core import resources
 from notifier.dentally.client import DentallyClient
-from notifier.errors import AuthError, ConfigError, DentallyError, ScopeError, StoreError
+from notifier.errors import (
+    AuthError,
+    ConfigError,
+    DentallyError,
+    RateLimited,
+    ScopeError,
+    StoreError,
+)
 from notifier.service.daemon import connect, redact, store_risks
+from notifier.service.pacing import plan_for
 
 Row = tuple[str, str, str]
 
@@ -36,6 +44,13 @@ async def _redis_rows(settings: Settings) -> list[Row]:
 async def _practice_rows(settings: Settings) -> list[Row]:
     rows: list[Row] = []
     for p in settings.practices:
+        plan = plan_for(p)
+        if plan.stretched:
+            rows.append((f"practice {p.name}: rate budget", "warn", plan.message()))
+        else:
+            rows.append((f"practice {p.name}: rate budget", "ok",
+                         f"steady polls need {round(plan.need_per_hour):,} requests/h; "
+                         f"the share is {p.max_requests_per_hour:,}"))
         try:
             key = p.api_key_value()
         except ConfigError as exc:
@@ -54,11 +69,16 @@ async def _practice_rows(settings: Settings) -> list[Row]:
                     rows.append((what, "ok", f"readable, {total} records"))
                 except ScopeError as exc:
                     rows.append((what, "FAIL", f"scope denied: {exc}"))
+                except RateLimited as exc:
+                    rows.append((what, "warn", f"not checked, Dentally's rate limit: {exc}"))
                 except DentallyError as exc:
                     rows.append((what, "FAIL", str(exc)))
         except AuthError as exc:
             rows.append((f"practice {p.name}: key", "FAIL",
                          f"invalid, revoked or expired: {exc}"))
+        except RateLimited as exc:
+            rows.append((f"practice {p.name}: key", "warn",
+                         f"not checked, Dentally's rate limit: {exc}"))
         except DentallyError as exc:
             rows.append((f"practice {p.name}: key", "FAIL", str(exc)))
         finally:

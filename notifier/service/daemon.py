@@ -28,7 +28,8 @@ from notifier.ops.systemd import SystemdNotifier, watchdog_interval
 from notifier.service import retention
 from notifier.service.delivery import SubscriberWorker, supervise
 from notifier.service.keygroup import KeyHub
-from notifier.service.practice import PracticeRunner, budget_for
+from notifier.service.pacing import pacer_for, plan_for
+from notifier.service.practice import PracticeRunner
 from notifier.store.delivery import DeliveryStore, groups, unacked
 from notifier.store.keys import Keys
 from notifier.store.redis import Store
@@ -126,7 +127,7 @@ class Daemon:
         self.keys = Keys(settings.redis.prefix)
         self.store = Store(redis, self.keys, settings.redis.stream)
         self.notify = SystemdNotifier()
-        self.keys_hub = KeyHub(settings.practices, budget_for)
+        self.keys_hub = KeyHub(settings.practices, pacer_for, plan_for)
         self.health = Health()
         self.metrics = Metrics()
         self.practices: dict[str, tuple[PracticeConfig, PracticeRunner, anyio.CancelScope]] = {}
@@ -260,7 +261,7 @@ class Daemon:
                 for runner in self.runners:
                     name = runner.cfg.name
                     m.key_ok.labels(name).set(0 if runner.revoked else 1)
-                    m.api_requests.labels(name).set(runner.budget.used)
+                    m.api_requests.labels(name).set(runner.budget.used(time.time()))
                     if runner.budget.server_remaining is not None:
                         m.budget_left.labels(name).set(runner.budget.server_remaining)
                 m.stream_length.set(await self.redis.xlen(self.store.stream))

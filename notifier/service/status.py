@@ -35,6 +35,17 @@ def _ago(ts: float | None, now: float) -> str:
     return f"{s / 86400:.1f}d ago"
 
 
+def _secs(seconds: float) -> str:
+    if seconds >= 10 or seconds == int(seconds):
+        return f"{round(seconds):,} s"
+    return f"{seconds:.2f}".rstrip("0").rstrip(".") + " s"
+
+
+def _ago_until(ts: float, now: float) -> str:
+    s = max(0.0, ts - now)
+    return f"in {s:.0f}s" if s < 120 else f"in {s / 60:.0f}m"
+
+
 def _backfill(f: dict[str, str], now: float, share: int, per_page: int
               ) -> dict[str, Any] | None:
     """A first sync's progress and estimated time left: at the rate seen so far, and never
@@ -100,6 +111,10 @@ async def collect(settings: Settings, redis: Redis, now: float) -> dict[str, Any
                 "last_error": f.get("last_error") or None,
                 "last_error_at": _float(f.get("last_error_at")),
                 "tracked": await redis.hlen(keys.snapshots(p.name, name)),
+                # What the daemon polls at: the configured interval, or longer when the
+                # share cannot carry it (see docs/budget.md).
+                "interval": _float(f.get("interval")),
+                "interval_configured": _float(f.get("interval_configured")),
                 "backfill": _backfill(f, now, p.max_requests_per_hour, p.per_page)
                 if not progress.synced else None,
                 "rereads": {"note": f.get("reread_note") or None,
@@ -123,6 +138,12 @@ async def collect(settings: Settings, redis: Redis, now: float) -> dict[str, Any
                     "idle_seconds": None if last_use is None else now - last_use},
             "budget": {"used": _int(k.get("budget_used")), "share": _int(k.get("budget_share")),
                        "window": _float(k.get("budget_window")),
+                       "state": k.get("budget_state"),
+                       "next_at": _float(k.get("budget_next_at")),
+                       "pace": _float(k.get("budget_rate")),
+                       "refused_burst": _int(k.get("budget_refused_burst")),
+                       "refused_hourly": _int(k.get("budget_refused_hourly")),
+                       "server_limit": _int(k.get("server_limit")),
                        "server_remaining": _int(k.get("server_remaining")),
                        "server_reset": _float(k.get("server_reset"))},
         })
@@ -173,8 +194,18 @@ def render(data: dict[str, Any], out: TextIO) -> None:
               file=out)
         if b["share"]:
             left = "?" if b["server_remaining"] is None else b["server_remaining"]
-            print(f"  rate budget: {b['used']} of our {b['share']} used this window; "
-                  f"{left} left for the key", file=out)
+            line = (f"  rate budget: {b['used']} of our {b['share']} used in the last "
+                    f"{_secs(b['window'])}; {left} left for the key")
+            if b.get("pace") is not None:
+                line += f"; pace {b['pace']:g}/s"
+            state = b.get("state")
+            if state and state not in ("open", "paced") and b.get("next_at"):
+                line += f"; {state.replace('_', ' ')} until {_ago_until(b['next_at'], now)}"
+            refused = (b.get("refused_burst") or 0) + (b.get("refused_hourly") or 0)
+            if refused:
+                line += (f"; refused {b['refused_burst']}x by the burst limit, "
+                         f"{b['refused_hourly']}x by the hourly cap")
+            print(line, file=out)
         for r in p["resources"]:
             b = r.get("backfill")
             state = "synced" if r["synced"] else (
@@ -183,6 +214,11 @@ def render(data: dict[str, Any], out: TextIO) -> None:
                 if b else "not started")
             line = (f"  {r['resource']:<13} cursor {r['cursor'] or '-':<24} {state:<28} "
                     f"{r['tracked']:>8} tracked  polled {_ago(r['last_poll_at'], now)}")
+            if r.get("interval") is not None:
+                line += f", every {_secs(r['interval'])}"
+                configured = r.get("interval_configured")
+                if configured is not None and r["interval"] > configured:
+                    line += f" (configured {_secs(configured)}: stretched to fit the share)"
             print(line, file=out)
             rr = r["rereads"]
             if rr["window_waiting"]:

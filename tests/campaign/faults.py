@@ -53,6 +53,13 @@ def _quirk(kind: str, name: str, value: Callable[[Campaign, random.Random], obje
     return Fault(kind, group or f"quirk.{name}", start, stop, duration, weight, needs)
 
 
+def _between_pages(c: Campaign, r: random.Random) -> list[dict[str, object]]:
+    """Rows the client has just read deleted, and new ones created, before its next page."""
+    return [{"resource": r.choice(c.resources), "after_page": r.randint(1, 3),
+             "delete": r.randint(0, 2), "create": r.randint(0, 2)}
+            for _ in range(r.randint(1, 4))]
+
+
 def _rate(kind: str, status: int) -> Fault:
     """The key's whole budget nearly spent by others: the server answers ``status``."""
     async def start(c: Campaign, rng: random.Random) -> str:
@@ -159,8 +166,8 @@ def all_faults() -> list[Fault]:
                (2, 6)),
         _workload_fault("dentally.shared_updated_at", "shared", (2, 6)),
         _workload_fault("dentally.churn", "churn", (1, 4)),
-        _quirk("dentally.churn_between_pages", "churn_between_pages",
-               lambda c, r: round(r.uniform(0.2, 0.6), 2), (1, 4), needs="churn_between_pages"),
+        _quirk("dentally.writes_between_pages", "between_pages", _between_pages, (1, 3),
+               needs="between_pages"),
         _quirk("dentally.503", "error_rate", lambda c, r: round(r.uniform(0.1, 0.5), 2),
                (1, 4)),
         Fault("dentally.5xx_burst", "quirk.fail_next", _fail_next, _noop, (0.5, 1.5)),
@@ -169,10 +176,14 @@ def all_faults() -> list[Fault]:
                (1, 4), group="quirk.latency"),
         _quirk("dentally.413", "deep_page_limit", lambda c, r: c.per_page * r.randint(1, 3),
                (2, 6)),
-        _quirk("dentally.date_blip", "date_blip_ms",
-               lambda c, r: r.choice([-1, 1]) * r.randint(30_000, 3_600_000), (0.5, 2),
-               needs="date_blip_ms"),
-        _rate("dentally.429_burst", 429),
+        _quirk("dentally.date_blip", "date_offsets",
+               lambda c, r: [r.choice([-1, 1]) * r.randint(30_000, 3_600_000)
+                             for _ in range(r.randint(1, 2))], (0.5, 2),
+               needs="date_offsets"),
+        _quirk("dentally.future_stamps", "write_skew_ms",
+               lambda c, r: r.randint(500, 5_000), (1, 4), needs="write_skew_ms"),
+        _quirk("dentally.429_burst", "burst_limit", lambda c, r: r.randint(2, 6), (1, 3),
+               needs="burst_limit"),
         _rate("dentally.403_hourly_cap", 403),
         Fault("dentally.key_revoked", "key", _revoke, _restore, (1.5, 4)),
         # Redis

@@ -34,6 +34,8 @@ class Mutant:
     only: frozenset[str] | None = None
     """Faults that expose it (None: all); fewer faults make a short run sharper."""
     rate: float = 0.8
+    baseline_unstable: float = 0.0
+    poll_interval: float = 1.0
 
 
 MUTANTS = [
@@ -41,9 +43,11 @@ MUTANTS = [
            "if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then return 0 end\n", "",
            frozenset({"redis.replayed_command", "dentally.shared_updated_at"})),
     Mutant("clean-read", "notifier/core/cursor.py",
-           "        if total_count != count0 or (total_count is None and duplicate):\n"
-           "            return self._dirty()\n", "",
-           frozenset({"dentally.unstable", "dentally.churn"}), rate=0.25),
+           "        if total_count is None or len(self.seen) == total_count:\n"
+           "            return self._done()\n"
+           "        return self._dirty()\n",
+           "        return self._done()\n",
+           frozenset({"dentally.unstable", "dentally.churn"}), rate=0.5, poll_interval=2.5),
     Mutant("ack-before-2xx", "notifier/service/delivery.py",
            '        if outcome == "delivered":\n', '        if True:\n',
            frozenset({"subscriber.failing", "subscriber.hanging", "subscriber.gone_410"})),
@@ -74,9 +78,13 @@ def main(argv: list[str] | None = None) -> int:
             continue
         with tempfile.TemporaryDirectory(prefix=f"mutant-{m.name}-") as tmp:
             path = build(m, Path(tmp))
-            opts = Options(a.seed, a.seconds, only=None if a.all_faults else
-                           (set(m.only) if m.only else None),
-                           daemon_path=str(path), quiet=True, rate=m.rate)
+            only = None if a.all_faults or not m.only else set(m.only)
+            opts = Options(a.seed, a.seconds, only=only,
+                           daemon_path=str(path), quiet=True, rate=m.rate,
+                           baseline_unstable=m.baseline_unstable,
+                           poll_interval=m.poll_interval)
+            if only is not None:
+                opts.disabled = set()
             result = anyio.run(campaign, opts)
         kinds = Counter(v.check for v in result.violations)
         verdict = "KILLED" if result.violations else "SURVIVED"

@@ -16,7 +16,7 @@ from typing import Any
 
 import anyio
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
@@ -34,6 +34,8 @@ class Delivery:
     """The daemon saw a complete 2xx (answered in full, well within its timeout)."""
     problem: str | None = None
     """Empty, malformed or badly signed body."""
+    done: float = 0.0
+    """When the reply was (to be) sent in full."""
 
 
 @dataclass
@@ -76,7 +78,10 @@ class CampaignReceiver:
 
     async def _handle(self, request: Request) -> Response:
         headers = {k.lower(): v for k, v in request.headers.items()}
-        body = await request.body()
+        try:
+            body = await request.body()
+        except ClientDisconnect:   # the daemon gave up (killed, or its own timeout)
+            return Response(b"", status_code=499)
         wid = headers.get("webhook-id", "")
         problem = self._problem(headers, body)
         try:
@@ -99,8 +104,9 @@ class CampaignReceiver:
         total = delay + trickle
         success = 200 <= status < 300 and total < self.timeout * 0.6
         with self._lock:
-            self.deliveries.append(Delivery(time.time(), wid, etype, status, success,
-                                            problem))
+            now = time.time()
+            self.deliveries.append(Delivery(now, wid, etype, status, success, problem,
+                                            now + total))
         if delay:
             await anyio.sleep(delay)
         if not trickle:

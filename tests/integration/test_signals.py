@@ -31,8 +31,12 @@ async def test_sigterm_during_backfill_and_delivery_loses_nothing(
                            subscribers=[{"name": "crm", "url": rx.url, "secret": SECRET,
                                          "allow_private": True, "start": "beginning",
                                          "max_in_flight": 2}])
-        for _ in range(3):
+        for n in range(1, 4):
             d.start()
+
+            async def started(n: int = n) -> bool:   # a loaded machine imports slowly
+                return d.log.read_text().count('"msg": "started') >= n
+            await wait_until(started, 30, "the daemon's start")
             await anyio.sleep(1.5)
             began = time.monotonic()
             d.signal(signal.SIGTERM)
