@@ -64,7 +64,12 @@ class Event:
     payload: bytes
     """The JSON envelope, exactly as stored and sent."""
 
+    FIELDS = ("id", "type", "practice", "resource", "record_id", "payload")
+    """The fields of a stream entry (PRODUCT.md), in order."""
+
     def stream_fields(self) -> dict[str, str | bytes]:
+        """This event's stream entry: every script that appends to the stream writes
+        exactly these fields (see ``store.redis.stream_args`` and ``stream_table``)."""
         return {"id": self.id, "type": self.type, "practice": self.practice,
                 "resource": self.resource, "record_id": self.record_id,
                 "payload": self.payload}
