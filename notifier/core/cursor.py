@@ -215,20 +215,15 @@ class WindowRead:
             self._t1, self._entered, self._tainted = now, False, False
             self._read_bounded = self.bounded
         count0 = total_count if page == 1 else p.count0
-        before = set(self.seen)
-        duplicate = any(i in before for i in ids)
+        duplicate = any(i in self.seen for i in ids)
+        if stamps:
+            known = [s for s in stamps if s is not None]
+            if known:
+                lo, hi = self._span or (known[0], known[0])
+                self._span = (min(lo, *known), max(hi, *known))
+            if not self._read_bounded:
+                self._entries(ids, stamps, page)
         self.seen.update(ids)
-        for rid, stamp in zip(ids, stamps or (), strict=False):
-            if stamp is None:
-                continue
-            lo, hi = self._span or (stamp, stamp)
-            self._span = (min(lo, stamp), max(hi, stamp))
-            if self._read_bounded or rid in before or rid in self.known:
-                continue
-            if page > 1 and self._t1 is not None and stamp >= self._t1:
-                self._entered = True
-            if self._union_t0 is not None and stamp >= self._union_t0:
-                self._tainted = True
         short = len(ids) < self.policy.per_page
 
         if page == 1 and short:
@@ -248,6 +243,17 @@ class WindowRead:
         if len(self.seen) == total_count and not self._entered:
             return self._done(now)
         return self._dirty(now, steady=True)
+
+    def _entries(self, ids: list[str], stamps: list[int | None], page: int) -> None:
+        """Open reads: note rows stamped since this read's (or the union's) first page was
+        asked for that were not known to be in the window (before this page)."""
+        for rid, stamp in zip(ids, stamps, strict=False):
+            if stamp is None or rid in self.seen or rid in self.known:
+                continue
+            if page > 1 and self._t1 is not None and stamp >= self._t1:
+                self._entered = True
+            if self._union_t0 is not None and stamp >= self._union_t0:
+                self._tainted = True
 
     def too_deep(self) -> tuple[Outcome, Progress] | None:
         """The server refused a page (413): split the window; None if it cannot be split."""

@@ -59,8 +59,8 @@ def describe(event: dict[str, Any]) -> str:
                    if k in data and data[k] != who]
         if "expires_in_days" in data:
             details.append(f"expires in {data['expires_in_days']} days")
-        if data.get("reason"):
-            details.append(f"reason: {data['reason']}")
+        if data.get("reason") or data.get("message"):
+            details.append(f"reason: {data.get('reason') or data.get('message')}")
         if data.get("action"):
             details.append(f"action: {data['action']}")
         return escape(line + "  " + "; ".join(details))

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from redis.asyncio import Redis
 
 from notifier.config import Settings
+from notifier.core.text import plural
 from notifier.core.timefmt import format_ms
 from notifier.service.retention import parse_id
 from notifier.store.connection import connect
@@ -157,6 +158,10 @@ async def collect(settings: Settings, redis: Redis, now: float) -> dict[str, Any
             summary: Any = await redis.xpending(stream, sub.name)
             if summary and summary.get("min"):
                 oldest_needed = now - parse_id(summary["min"])[0] / 1000
+        recent: Any = await redis.lrange(db.k_log, 0, 49)
+        attempts = [json.loads(r) for r in recent]
+        last = attempts[:1]
+        failed = next((a for a in attempts if a.get("error")), None)
         out["subscribers"].append({
             "name": sub.name,
             "enabled": not state.disabled,
@@ -170,19 +175,55 @@ async def collect(settings: Settings, redis: Redis, now: float) -> dict[str, Any
             "dead_letters": await db.dead_letters(),
             "failing_since": state.failing_since,
             "last_success_at": state.last_success_at,
-            "last_attempt": await db.last_attempt(),
+            "last_attempt": last[0] if last else None,
+            "last_error": failed,
+            "next_retry_at": await db.next_due(),
             "group_lost_at": state.group_lost_at,
             "group_lost_count": state.group_lost_count,
             "lost": state.lost_count,
             "lost_at": state.lost_at,
         })
+    out["consumer_groups"] = [
+        {"name": name, "exists": name in infos,
+         "lag": infos[name].get("lag") if name in infos else None,
+         "pending": infos[name].get("pending") if name in infos else None}
+        for name in settings.redis.consumer_groups]
     return out
+
+
+def _in(seconds: float) -> str:
+    s = max(0.0, seconds)
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 7200:
+        return f"{s / 60:.0f}m"
+    return f"{s / 3600:.1f}h"
+
+
+def _failing(sub: dict[str, Any], now: float) -> list[str]:
+    """Why a subscriber fails and when it is tried next; nothing for a healthy one."""
+    err = sub.get("last_error")
+    last = sub.get("last_attempt")
+    lines = []
+    recovered = last is not None and not last.get("error") and not sub["retries_pending"]
+    if err and not recovered:
+        since = sub.get("failing_since")
+        lines.append((f"failing since {_ago(since, now)}; " if since else "")
+                     + f"last error {_ago(err.get('at'), now)}: {err['error']}"
+                     + f" (event {err.get('event', '?')}, attempt {err.get('attempt', '?')})")
+    due = sub.get("next_retry_at")
+    if due is not None:
+        at = datetime.fromtimestamp(due, UTC).isoformat(timespec="seconds")
+        when = "now" if due <= now else f"in {_in(due - now)}"
+        lines.append(f"next retry {when} ({at})"
+                     + (", once enabled" if not sub["enabled"] else ""))
+    return lines
 
 
 def render(data: dict[str, Any], out: TextIO) -> None:
     now = data["at"]
     s = data["stream"]
-    print(f"stream {s['name']}: {s['length']} events"
+    print(f"stream {s['name']}: {plural(s['length'], 'event')}"
           + (f", oldest {_ago(now - s['oldest_age'], now)}" if "oldest_age" in s else ""),
           file=out)
     for p in data["practices"]:
@@ -236,6 +277,11 @@ def render(data: dict[str, Any], out: TextIO) -> None:
             if r["last_error"]:
                 print(f"    last error ({_ago(r['last_error_at'], now)}): {r['last_error']}",
                       file=out)
+    for g in data.get("consumer_groups", []):
+        print(f"\nconsumer group {g['name']} (yours): " + (
+            f"lag {'-' if g['lag'] is None else g['lag']} unread, {g['pending'] or 0} "
+            "unacknowledged; retention keeps what it still needs" if g["exists"] else
+            "not created yet: retention protects it once it exists"), file=out)
     for sub in data["subscribers"]:
         state = "enabled" if sub["enabled"] else f"DISABLED ({sub['disabled_reason']})"
         print(f"\nsubscriber {sub['name']}: {state}", file=out)
@@ -250,6 +296,8 @@ def render(data: dict[str, Any], out: TextIO) -> None:
         if sub.get("lost"):
             print(f"  {sub['lost']} event{'s' * (sub['lost'] != 1)} lost: trimmed from the "
                   f"stream before delivery (last {_ago(sub['lost_at'], now)})", file=out)
+        for line in _failing(sub, now):
+            print(f"  {line}", file=out)
         if sub["group_lost_count"]:
             when = datetime.fromtimestamp(sub["group_lost_at"], UTC).isoformat(
                 timespec="seconds")

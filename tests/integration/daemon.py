@@ -19,7 +19,7 @@ def write_config(path: Path, *, redis_url: str, prefix: str, stream: str, base_u
                  key: str, practice: str = "main",
                  subscribers: list[dict[str, Any]] | None = None,
                  more_practices: list[dict[str, Any]] | None = None,
-                 metrics_listen: str | None = None,
+                 metrics_listen: str | None = None, practice_lease: float = 1.5,
                  **practice_keys: Any) -> Path:
     # A one-second rate window with a large share and pace: tests poll far faster than
     # Dentally allows, and test the budget itself with their own settings.
@@ -39,7 +39,8 @@ def write_config(path: Path, *, redis_url: str, prefix: str, stream: str, base_u
 
     # A short lease: a daemon killed with -9 hands its practice on within 1.5 s.
     lines = ["[redis]", f"url = {toml(redis_url)}", f"stream = {toml(stream)}",
-             f"prefix = {toml(prefix)}", "practice_lease = 1.5", "", "[[practices]]"]
+             f"prefix = {toml(prefix)}", f"practice_lease = {practice_lease}", "",
+             "[[practices]]"]
     lines += [f"{k} = {toml(v)}" for k, v in keys.items()]
     for more in more_practices or []:
         extra = {"region": "sandbox", "base_url": base_url, "poll_interval": 0.2,
