@@ -48,6 +48,11 @@ MUTANTS = [
            "        return self._dirty()\n",
            "        return self._done()\n",
            frozenset({"dentally.unstable", "dentally.churn"}), rate=0.5, poll_interval=2.5),
+    Mutant("date-outlier-guard", "notifier/core/clock.py",
+           "        ordered = sorted(s for s, _ in self._samples)\n",
+           "        self._offset = sample  # every sample believed at once\n"
+           "        return\n",
+           frozenset({"dentally.date_blip", "dentally.churn"}), rate=0.4),
     Mutant("ack-before-2xx", "notifier/service/delivery.py",
            '        if outcome == "delivered":\n', '        if True:\n',
            frozenset({"subscriber.failing", "subscriber.hanging", "subscriber.gone_410"})),
