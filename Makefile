@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench soak mutants clean
+.PHONY: demo test lint bench dist soak mutants clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check notifier tests bench
 	$(BIN)/mypy
 
+# The wheel and the sdist, in dist/ (docs/deploy.md installs from them).
+dist: $(STAMP)
+	$(BIN)/python -m build
+
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/deliver.py
@@ -39,4 +43,4 @@ mutants: $(STAMP)
 	$(BIN)/python -m tests.campaign.mutants $(ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-lowest .venv-tools dist build .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -3,7 +3,8 @@
 Exit codes (also in the README):
     0  success
     1  unexpected internal error (a bug: please report it with the log)
-    2  bad usage or invalid configuration (the message names the key)
+    2  bad usage or invalid configuration (the message names the key or variable), or a
+       port already in use
     3  ``check`` found a problem (the table says which), ``redeliver`` could not
        deliver every event, or ``reconcile --accept`` found nothing held
     4  Redis could not be reached at start
@@ -11,16 +12,25 @@ Exit codes (also in the README):
 
 from __future__ import annotations
 
-import argparse
-import logging
 import sys
+
+if sys.argv[1:2] == ["run"]:
+    # Before the heavy imports: a SIGHUP or SIGTERM during start-up is acted on once the
+    # daemon listens, instead of killing it (see notifier.ops.early_signals).
+    from notifier.ops import early_signals
+    early_signals.install()
+
+import argparse
+import contextlib
+import logging
+import os
 from collections.abc import Sequence
 from functools import partial
 
 import anyio
 
 from notifier import __version__, config
-from notifier.errors import ConfigError, StoreError
+from notifier.errors import ConfigError, StoreError, UsageError
 
 EXIT_OK, EXIT_BUG, EXIT_CONFIG, EXIT_CHECK, EXIT_REDIS = 0, 1, 2, 3, 4
 
@@ -39,7 +49,10 @@ def _parser() -> argparse.ArgumentParser:
                              f"{config.DEFAULT_PATH})")
 
     with_config(sub.add_parser("run", help="run the daemon"))
-    with_config(sub.add_parser("check", help="validate config, Redis, keys and scopes"))
+    ck = sub.add_parser("check", help="validate config, Redis, keys, scopes and subscribers")
+    with_config(ck)
+    ck.add_argument("--send-test", action="store_true",
+                    help="POST a signed notifier.test event to every subscriber")
     st = sub.add_parser("status", help="cursors, errors, subscribers, from Redis alone")
     with_config(st)
     st.add_argument("--json", action="store_true", help="machine-readable output")
@@ -82,6 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--host", default="127.0.0.1")
     sb.add_argument("--port", type=int, default=8080)
     sb.add_argument("--key", default="sandbox-key", help="API key it accepts (all scopes)")
+    sb.add_argument("--webhook-secret", metavar="WHSEC",
+                    help="secret its webhook receiver (/_sandbox/webhook) verifies "
+                         "signatures with (default: a fixed trial secret it prints)")
     sb.add_argument("--patients", type=int, default=100, help="patients to create at start")
     sb.add_argument("--appointments", type=int, default=50)
     sb.add_argument("--invoices", type=int, default=30)
@@ -91,15 +107,38 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _load(path_arg: str | None) -> config.Settings:
+def _load(path_arg: str | None, *, api_keys: bool = True,
+          webhook_secrets: bool = True) -> config.Settings:
     path = config.config_path(path_arg)
-    return config.load(path)
+    return config.load(path, api_keys=api_keys, webhook_secrets=webhook_secrets)
+
+
+# Commands that read Redis alone resolve no secret up front (`redeliver` reads its own
+# subscriber's secret when it signs): only `run` and `check` need the Dentally keys.
+_REDIS_ONLY = {"api_keys": False, "webhook_secrets": False}
+
+
+def _stdout_closed() -> int:
+    """The reader of our output went away (``status | head``): not an error. Point stdout
+    at /dev/null so that the interpreter's final flush does not complain either."""
+    with contextlib.suppress(OSError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    return EXIT_OK
+
+
+def _only(group: BaseExceptionGroup, kind: type[BaseException]) -> bool:
+    rest = group.split(kind)[1]
+    return rest is None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
+            from notifier.ops import early_signals
+            with contextlib.suppress(ValueError):   # (not in the main thread: no signals)
+                early_signals.install()   # again, when main() is called with its own argv
             settings = _load(args.config)
             from notifier.ops import logging as logsetup
             logsetup.setup(settings.log.format, settings.log.level)
@@ -110,37 +149,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             settings = _load(args.config)
             from notifier.service import check
-            return EXIT_OK if anyio.run(check.run, settings, sys.stdout) else EXIT_CHECK
+            ok = anyio.run(check.run, settings, sys.stdout, args.send_test)
+            return EXIT_OK if ok else EXIT_CHECK
         if args.command == "status":
-            settings = _load(args.config)
+            settings = _load(args.config, **_REDIS_ONLY)
             from notifier.service import status
             anyio.run(status.run, settings, sys.stdout, args.json)
             return EXIT_OK
         if args.command == "tail":
-            settings = _load(args.config)
+            settings = _load(args.config, **_REDIS_ONLY)
             from notifier.service import tail
             anyio.run(partial(tail.run, settings, sys.stdout, args.type, args.last,
                               follow=not args.no_follow))
             return EXIT_OK
         if args.command == "redeliver":
-            settings = _load(args.config)
+            settings = _load(args.config, **_REDIS_ONLY)  # signs with its own secret
             from notifier.service import admin
             ok = anyio.run(partial(admin.redeliver, settings, args.subscriber, sys.stdout,
                                    event_id=args.event_id, since=args.since))
             return EXIT_OK if ok else EXIT_CHECK
         if args.command == "reconcile":
-            settings = _load(args.config)
+            settings = _load(args.config, **_REDIS_ONLY)
             from notifier.service import admin
             ok = anyio.run(partial(admin.reconcile, settings, args.practice, args.resource,
                                    sys.stdout, accept=args.accept))
             return EXIT_OK if ok else EXIT_CHECK
         if args.command == "subscriber":
-            settings = _load(args.config)
+            settings = _load(args.config, **_REDIS_ONLY)
             from notifier.service import admin
             anyio.run(admin.enable, settings, args.subscriber, sys.stdout)
             return EXIT_OK
         if args.command == "key":
-            settings = _load(args.config)
+            settings = _load(args.config, **_REDIS_ONLY)
             from notifier.service import keycmd
             ok = anyio.run(keycmd.retry, settings, args.practice, sys.stdout)
             return EXIT_OK if ok else EXIT_CHECK
@@ -158,6 +198,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreError as exc:
         print(f"dentally-notifier: {exc}", file=sys.stderr)
         return EXIT_REDIS
+    except UsageError as exc:
+        print(f"dentally-notifier: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        return _stdout_closed()
+    except BaseExceptionGroup as group:
+        if _only(group, BrokenPipeError):
+            return _stdout_closed()
+        raise
     return EXIT_BUG

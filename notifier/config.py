@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -21,6 +22,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -28,6 +30,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from notifier import signing
 from notifier.core import resources
+from notifier.delivery import safety
 from notifier.errors import ConfigError
 
 DEFAULT_PATH = "/etc/dentally-notifier/config.toml"
@@ -77,6 +80,9 @@ class RedisConfig(_Strict):
     stream: str = "dentally:events"
     prefix: str = Field(default="dentally-notifier", min_length=1)
     retention: Seconds = 604_800
+    consumer_groups: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
+    """Your own consumer groups on the stream: retention never trims what they have not
+    read or acknowledged, as for the subscribers' groups."""
     practice_lease: Annotated[float, Field(ge=0.5, le=300)] = 15.0
     """How long a practice's lease outlives its holder's last renewal: a daemon killed
     without stopping hands its practices on after this long."""
@@ -94,6 +100,8 @@ class PracticeConfig(_Strict):
     intervals: dict[str, Seconds] = Field(default_factory=dict)
     initial_sync: Literal["seed", "emit"] = "seed"
     max_requests_per_hour: Annotated[int, Field(ge=1)] = 1800
+    max_requests_per_second: Annotated[float, Field(gt=0, le=100)] = 5.0
+    """Pace of every request with this key (Dentally's burst limit is ~10/s per key)."""
     keepalive_interval: Seconds = 21_600
     reconcile_interval: Seconds = 86_400
     max_delete_fraction: Annotated[float, Field(ge=0, le=1)] = 0.2
@@ -160,6 +168,8 @@ class PracticeConfig(_Strict):
 
 class SubscriberConfig(_Strict):
     name: Name
+    # Before ``url``: its validator reads it (fields are validated in this order).
+    allow_private: bool = False
     url: str
     secret: SecretStr | None = None
     secrets: list[SecretStr] | None = None
@@ -173,14 +183,19 @@ class SubscriberConfig(_Strict):
     max_in_flight: Annotated[int, Field(ge=1, le=1000)] = 8
     max_per_second: Seconds | None = None
     ordering: Literal["none", "per_record"] = "none"
-    allow_private: bool = False
     disable_after: Seconds = 432_000
 
     @field_validator("url")
     @classmethod
-    def _url(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")) or not urlsplit(value).hostname:
+    def _url(cls, value: str, info: ValidationInfo) -> str:
+        host = urlsplit(value).hostname if value.startswith(("http://", "https://")) else None
+        if not host:
             raise ValueError("must be an http:// or https:// URL with a host")
+        reason = None if info.data.get("allow_private") else safety.host_reason(host)
+        if reason:
+            # Every delivery would be refused and retried for days: say so now.
+            raise ValueError(f"{host} is {reason}; webhooks to loopback or private "
+                             "addresses need allow_private = true for this subscriber")
         return value
 
     def secret_values(self) -> list[str]:
@@ -245,7 +260,36 @@ class Settings(BaseSettings):
             for name in names:
                 if names.count(name) > 1:
                     raise ValueError(f"{what}: name {name!r} is used twice")
+        taken = {s.name for s in self.subscribers}
+        for group in self.redis.consumer_groups:
+            if group in taken:
+                raise ValueError(f"redis.consumer_groups: {group!r} is the consumer group "
+                                 f"of subscriber {group!r} (each subscriber's name is its "
+                                 "group); name your own group differently")
         return self
+
+
+RESTART_ONLY: dict[str, tuple[str, ...]] = {
+    "redis": ("url", "stream", "prefix"),
+    "metrics": ("listen",),
+}
+"""Settings a reload (SIGHUP) cannot apply: the daemon keeps the running values until it
+restarts. Everything else (practices, subscribers, ``[log]``, ``[redis] retention`` and
+``consumer_groups``) applies at once."""
+
+
+def restart_needed(old: Settings, new: Settings) -> list[str]:
+    """``[redis] url``, ``[metrics] listen``: each changed setting a reload cannot apply."""
+    return [f"[{table}] {key}" for table, keys in RESTART_ONLY.items() for key in keys
+            if getattr(getattr(old, table), key) != getattr(getattr(new, table), key)]
+
+
+def keep_restart_only(old: Settings, new: Settings) -> Settings:
+    """``new`` with the running values of the settings only a restart applies."""
+    return new.model_copy(update={
+        table: getattr(new, table).model_copy(
+            update={key: getattr(getattr(old, table), key) for key in keys})
+        for table, keys in RESTART_ONLY.items()})
 
 
 def _where(loc: tuple[int | str, ...], data: Any) -> str:
@@ -267,16 +311,39 @@ def _where(loc: tuple[int | str, ...], data: Any) -> str:
     return out or "config"
 
 
+def env_source(loc: tuple[int | str, ...],
+               environ: Mapping[str, str] | None = None) -> str | None:
+    """The ``DENTALLY_NOTIFIER_...`` variable that set the value at ``loc``, if one did:
+    ``DENTALLY_NOTIFIER_LOG__LEVEL`` for ``log.level``, or ``DENTALLY_NOTIFIER_LOG`` when a
+    whole table came from the environment (as JSON). Names match case-insensitively, as
+    pydantic-settings reads them."""
+    env = {k.upper(): k for k in (os.environ if environ is None else environ)}
+    for end in range(len(loc), 0, -1):
+        name = ENV_PREFIX + "__".join(str(p) for p in loc[:end]).upper()
+        if name in env:
+            return env[name]
+    return None
+
+
 def parse(data: dict[str, Any], source: str = "config") -> Settings:
-    """Validate ``data`` (the parsed TOML); ConfigError names every offending key."""
+    """Validate ``data`` (the parsed TOML) with the environment's overrides; ConfigError
+    names every offending key, and the environment variable when one set it."""
     try:
         return Settings(**data)
     except ValidationError as exc:
-        lines = []
+        lines, sources = [], []
         for err in exc.errors():
             loc = tuple(p for p in err["loc"] if p not in ("function-after",))
-            lines.append(f"{_where(loc, data)}: {err['msg']}")
-        raise ConfigError(f"invalid configuration in {source}:\n  " + "\n  ".join(lines)) \
+            var = env_source(loc)
+            if var is not None:
+                lines.append(f"environment variable {var} ({_where(loc, data)}): "
+                             f"{err['msg']}")
+                sources.append("the environment")
+            else:
+                lines.append(f"{_where(loc, data)}: {err['msg']}")
+                sources.append(source)
+        where = " and ".join(sorted(set(sources), key=lambda s: s == "the environment"))
+        raise ConfigError(f"invalid configuration in {where}:\n  " + "\n  ".join(lines)) \
             from None
 
 
@@ -284,8 +351,13 @@ def config_path(explicit: str | None) -> Path:
     return Path(explicit or os.environ.get(ENV_PREFIX + "CONFIG") or DEFAULT_PATH)
 
 
-def load(path: Path) -> Settings:
-    """Read, parse and validate the file at ``path``, including that every secret resolves."""
+def load(path: Path, *, api_keys: bool = True, webhook_secrets: bool = True) -> Settings:
+    """Read, parse and validate the file at ``path``, including that every secret resolves.
+
+    Commands that read Redis alone (``status``, ``tail``, ``subscriber``) pass
+    ``api_keys=False, webhook_secrets=False``; ``redeliver`` signs, so it needs the webhook
+    secrets but not the Dentally keys. Only ``run`` and ``check`` need everything.
+    """
     try:
         raw = path.read_bytes()
     except OSError as exc:
@@ -295,8 +367,10 @@ def load(path: Path) -> Settings:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from None
     settings = parse(data, str(path))
-    for practice in settings.practices:
-        practice.api_key_value()
-    for sub in settings.subscribers:
-        sub.secret_values()
+    if api_keys:
+        for practice in settings.practices:
+            practice.api_key_value()
+    if webhook_secrets:
+        for sub in settings.subscribers:
+            sub.secret_values()
     return settings

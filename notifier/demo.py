@@ -15,10 +15,10 @@ import os
 import random
 import secrets
 import signal
-import sys
 import time
 import uuid
 from collections.abc import Iterator
+from functools import partial
 from typing import Any
 
 import anyio
@@ -55,10 +55,25 @@ def redis_server() -> Iterator[str]:
         server.stop()
 
 
+NEXT_STEPS = """
+demo stopped. What to try next:
+  * The README's five-minute trial: `dentally-notifier sandbox --port 8080` in one
+    terminal, your own config.toml pointing at it (base_url, allow_private), then
+    `check`, `run`, `status` and `tail` in another.
+  * Point a subscriber at your own endpoint and verify the signatures with any Standard
+    Webhooks library; `dentally-notifier check --send-test` sends it a signed test event.
+  * Change sandbox records yourself: PATCH /_sandbox/records/patients/<id> (docs/sandbox.md).
+  * Install it for real: docs/deploy.md (systemd), compose.yaml (containers)."""
+
+
 def describe(event: dict[str, Any]) -> str:
     """One readable line for an event."""
     data = event["data"]
     what = f"{data.get('resource', '')}/{data.get('record_id', '')}"
+    if event["type"].startswith("notifier."):
+        words = data.get("reason") or data.get("message") or ""
+        who = data.get("practice") or data.get("subscriber") or ""
+        return f"{event['type']:<22} {who:<6} {words}"
     line = f"{event['type']:<22} {data['practice']:<6} {what:<20}"
     record = data.get("record") or {}
     if event["type"].endswith(".updated"):
@@ -74,8 +89,9 @@ def describe(event: dict[str, Any]) -> str:
     return line
 
 
-def receiver_app(secret: str) -> Starlette:
-    """A webhook receiver that checks each signature and prints one line per event."""
+def receiver_app(secret: str, path: str = "/hook") -> Starlette:
+    """A webhook receiver at ``path`` that checks each signature and prints one line per
+    event (the demo's, and the sandbox's ``/_sandbox/webhook``)."""
 
     async def hook(request: Request) -> Response:
         body = await request.body()
@@ -86,7 +102,7 @@ def receiver_app(secret: str) -> Starlette:
         print(f"  webhook  {describe(event)}  [{mark}]", flush=True)
         return Response(status_code=204 if ok else 400)
 
-    return Starlette(routes=[Route("/hook", hook, methods=["POST"])])
+    return Starlette(routes=[Route(path, hook, methods=["POST"])])
 
 
 async def _make_changes(sb: Sandbox) -> None:
@@ -104,6 +120,7 @@ async def _make_changes(sb: Sandbox) -> None:
 async def run(duration: float | None = None, records: int = 20) -> None:
     logsetup.setup("text", "warning")
     logging.getLogger("notifier").setLevel(logging.INFO)
+    embedded = not os.environ.get("REDIS_URL")
     with redis_server() as url:
         sb = Sandbox()
         sb.add_key(DEMO_KEY)
@@ -138,7 +155,9 @@ async def run(duration: float | None = None, records: int = 20) -> None:
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(serve, sb, sock)
-                tg.start_soon(daemon.run, settings, False)
+                # A throwaway embedded server needs no persistence: no warning about it.
+                tg.start_soon(partial(daemon.run, settings, False,
+                                      store_warnings=not embedded))
                 tg.start_soon(serve_app, receiver_app(secret), hook_sock)
                 tg.start_soon(_make_changes, sb)
                 with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
@@ -153,4 +172,4 @@ async def run(duration: float | None = None, records: int = 20) -> None:
                 if keys:
                     await redis.delete(*keys)
                 await redis.aclose()
-        print("demo stopped", file=sys.stderr)
+        print(NEXT_STEPS, flush=True)

@@ -2,6 +2,7 @@
 
     NotifierError
     ├── ConfigError              the configuration is invalid (exit code 2)
+    ├── UsageError               a command cannot do what it was asked (exit code 2)
     ├── StoreError               Redis is unreachable or holds something we cannot use
     │   └── LeaseLost            a commit was refused: this writer no longer holds the lease
     ├── UnsafeURL                a webhook URL resolves to a private or loopback address
@@ -36,6 +37,7 @@ __all__ = [
     "StoreError",
     "TransientError",
     "UnsafeURL",
+    "UsageError",
 ]
 
 
@@ -45,6 +47,10 @@ class NotifierError(Exception):
 
 class ConfigError(NotifierError):
     """The configuration is invalid; the message names the offending key."""
+
+
+class UsageError(NotifierError):
+    """A command cannot do what it was asked: a port already in use, say (exit code 2)."""
 
 
 class StoreError(NotifierError):

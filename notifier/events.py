@@ -15,8 +15,29 @@ from datetime import datetime
 from typing import Any
 
 from notifier.core.diff import Kind
+from notifier.core.resources import RESOURCES
 from notifier.core.resources import get as get_resource
 from notifier.core.timefmt import format_us
+
+KINDS: tuple[Kind, ...] = ("created", "updated", "deleted")
+
+NOTIFIER_EVENT_TYPES: tuple[str, ...] = (
+    "notifier.key.revoked",
+    "notifier.key.restored",
+    "notifier.key.idle",
+    "notifier.scope.denied",
+    "notifier.subscriber.disabled",
+    "notifier.reconcile.suspicious",
+    "notifier.test",
+)
+"""Events about the notifier itself (a test checks that the code publishes no other)."""
+
+
+def known_event_types() -> list[str]:
+    """Every event type the notifier can publish: ``<singular>.<kind>`` for each resource
+    and the ``notifier.*`` types. Subscriber patterns that match none of them are typos."""
+    return [f"{r.singular}.{kind}" for r in RESOURCES.values() for kind in KINDS] \
+        + list(NOTIFIER_EVENT_TYPES)
 
 
 def canonical(value: Any) -> bytes:
@@ -43,7 +64,12 @@ class Event:
     payload: bytes
     """The JSON envelope, exactly as stored and sent."""
 
+    FIELDS = ("id", "type", "practice", "resource", "record_id", "payload")
+    """The fields of a stream entry (PRODUCT.md), in order."""
+
     def stream_fields(self) -> dict[str, str | bytes]:
+        """This event's stream entry: every script that appends to the stream writes
+        exactly these fields (see ``store.redis.stream_args`` and ``stream_table``)."""
         return {"id": self.id, "type": self.type, "practice": self.practice,
                 "resource": self.resource, "record_id": self.record_id,
                 "payload": self.payload}

@@ -154,3 +154,65 @@ def test_subscriber_url_needs_a_host(tmp_path: Path, monkeypatch: pytest.MonkeyP
     text = MINIMAL.replace('url = "https://crm.example.com/hooks/dentally"', 'url = "https://"')
     with pytest.raises(ConfigError, match=r"subscribers\[0\] \(crm\)\.url"):
         config.load(write(tmp_path, text))
+
+
+def test_a_bad_environment_override_names_the_variable_not_the_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_DENTALLY_KEY", "k1")
+    monkeypatch.setenv("DENTALLY_NOTIFIER_LOG__LEVEL", "verbose")
+    path = write(tmp_path, MINIMAL)
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert "environment variable DENTALLY_NOTIFIER_LOG__LEVEL (log.level)" in message
+    assert str(path) not in message  # the file is fine: do not send the user there
+    # a bad file value and a bad variable together: each blamed on its own source
+    monkeypatch.setenv("DENTALLY_NOTIFIER_REDIS__RETENTION", "-1")
+    path = write(tmp_path, MINIMAL.replace('region = "uk"', 'region = "mars"'))
+    with pytest.raises(ConfigError) as info:
+        config.load(path)
+    message = str(info.value)
+    assert f"invalid configuration in {path} and the environment" in message
+    assert "practices[0] (main).region" in message
+    assert "environment variable DENTALLY_NOTIFIER_REDIS__RETENTION (redis.retention)" \
+        in message
+
+
+def test_env_source_matches_case_insensitively_and_whole_tables() -> None:
+    env = {"dentally_notifier_log__level": "x", "DENTALLY_NOTIFIER_REDIS": "{}"}
+    assert config.env_source(("log", "level"), env) == "dentally_notifier_log__level"
+    assert config.env_source(("redis", "url"), env) == "DENTALLY_NOTIFIER_REDIS"
+    assert config.env_source(("practices", 0, "region"), env) is None
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8000/hook", "http://localhost/hook",
+                                 "http://[::1]:9/h", "http://10.1.2.3/h",
+                                 "http://169.254.169.254/latest", "http://app.localhost/h"])
+def test_a_private_subscriber_url_without_allow_private_is_refused_at_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    """Every delivery to it would fail and be retried for days: exit 2 naming the key."""
+    monkeypatch.setenv("TEST_DENTALLY_KEY", "k1")
+    text = MINIMAL.replace('url = "https://crm.example.com/hooks/dentally"', f'url = "{url}"')
+    with pytest.raises(ConfigError, match=r"subscribers\[0\] \(crm\)\.url: .*allow_private"):
+        config.load(write(tmp_path, text))
+    allowed = text.replace('events = ["patient.*"', 'allow_private = true\nevents = ["patient.*"')
+    assert config.load(write(tmp_path, allowed)).subscribers[0].url == url
+
+
+def test_cli_refuses_a_loopback_subscriber_with_exit_2(tmp_path: Path) -> None:
+    text = MINIMAL.replace("https://crm.example.com/hooks/dentally", "http://127.0.0.1:9/h")
+    cmd = [sys.executable, "-m", "notifier", "check", "--config", str(write(tmp_path, text))]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                          env={"TEST_DENTALLY_KEY": "k", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 2
+    assert "subscribers[0] (crm).url" in done.stderr and "allow_private" in done.stderr
+
+
+def test_max_delete_fraction_defaults_and_is_bounded(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_DENTALLY_KEY", "k1")
+    assert config.load(write(tmp_path, MINIMAL)).practices[0].max_delete_fraction == 0.2
+    patched = MINIMAL.replace("poll_interval = 60", "poll_interval = 60\nmax_delete_fraction = 1.5")
+    with pytest.raises(ConfigError) as info:
+        config.load(write(tmp_path, patched))
+    assert "practices[0] (main).max_delete_fraction" in str(info.value)

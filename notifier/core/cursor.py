@@ -23,10 +23,11 @@ counts as read only when it was read *completely*:
 - ``total_count`` stayed the same on every page and the distinct ids seen equal it, and,
   for an *open* window (no ``updated_before``: appointments), no row *entered* it while we
   paged (below), or
-- closed reads only: ``total_count`` stayed the same on every page of several reads of
-  the window and the *union* of the ids they saw equals it. A closed window's rows can only
-  leave it (a row written now gets ``updated_at >= hi``), so a steady count means a steady
-  set, and the union of reads that each skipped a few rows covers it. This is what ends a
+- ``total_count`` stayed the same on every page of several reads of the window and the
+  *union* of the ids they saw equals it. A closed window's rows can only leave it (a row
+  written now gets ``updated_at >= hi``), so a steady count means a steady set, and the
+  union of reads that each skipped a few rows covers it; open reads join a union only
+  while none of them saw a row enter (:meth:`WindowRead._merge`). This is what ends a
   window that cannot be split (every row shares one ``updated_at``: a bulk import).
 
 A poll's top window (the last pending) is first read open, so that rows changed since
@@ -177,8 +178,12 @@ class WindowRead:
     """Re-reads of any window in this poll (for status and metrics)."""
     incomplete: int = 0
     """Windows given up on (``LATER``) or, in a sweep, accepted from an incomplete union."""
+    union_bounded: bool = False
+    """Whether the reads in ``union`` were closed ones."""
     _t1: int | None = None
     _entered: bool = False
+    _union_t0: int | None = None
+    _tainted: bool = False
     _span: tuple[int, int] | None = None
     _top_closed: bool = False
     _read_bounded: bool = False
@@ -207,20 +212,18 @@ class WindowRead:
         page = p.page
         if page == 1:
             self.seen.clear()
-            self._t1, self._entered = now, False
+            self._t1, self._entered, self._tainted = now, False, False
             self._read_bounded = self.bounded
         count0 = total_count if page == 1 else p.count0
-        before = set(self.seen)
-        duplicate = any(i in before for i in ids)
+        duplicate = any(i in self.seen for i in ids)
+        if stamps:
+            known = [s for s in stamps if s is not None]
+            if known:
+                lo, hi = self._span or (known[0], known[0])
+                self._span = (min(lo, *known), max(hi, *known))
+            if not self._read_bounded:
+                self._entries(ids, stamps, page)
         self.seen.update(ids)
-        for rid, stamp in zip(ids, stamps or (), strict=False):
-            if stamp is None:
-                continue
-            lo, hi = self._span or (stamp, stamp)
-            self._span = (min(lo, stamp), max(hi, stamp))
-            if (not self._read_bounded and page > 1 and self._t1 is not None
-                    and stamp >= self._t1 and rid not in before and rid not in self.known):
-                self._entered = True
         short = len(ids) < self.policy.per_page
 
         if page == 1 and short:
@@ -241,6 +244,17 @@ class WindowRead:
             return self._done(now)
         return self._dirty(now, steady=True)
 
+    def _entries(self, ids: list[str], stamps: list[int | None], page: int) -> None:
+        """Open reads: note rows stamped since this read's (or the union's) first page was
+        asked for that were not known to be in the window (before this page)."""
+        for rid, stamp in zip(ids, stamps, strict=False):
+            if stamp is None or rid in self.seen or rid in self.known:
+                continue
+            if page > 1 and self._t1 is not None and stamp >= self._t1:
+                self._entered = True
+            if self._union_t0 is not None and stamp >= self._union_t0:
+                self._tainted = True
+
     def too_deep(self) -> tuple[Outcome, Progress] | None:
         """The server refused a page (413): split the window; None if it cannot be split."""
         return self._split(2)
@@ -254,6 +268,7 @@ class WindowRead:
         self.union.clear()
         self.known.clear()
         self.union_total = None
+        self._union_t0 = None
         self.reads = 0
         self._span = None
         self._top_closed = False
@@ -272,17 +287,12 @@ class WindowRead:
         """The read ended incomplete (``steady``: with the same count on every page)."""
         p = self.progress
         total = p.count0
+        self._merge(steady, total)
         self.known |= self.seen
         if self.closed:
             self._top_closed = True   # read it again closed: a steady set, a union
-        if self._read_bounded and steady and total is not None:
-            if self.union_total != total:
-                self.union, self.union_total = set(), total
-            self.union |= self.seen
-            if len(self.union) == total:
-                return self._done(now)
-        else:
-            self.union, self.union_total = set(), None
+        if self.union_total is not None and len(self.union) == total:
+            return self._done(now)
         self.reads += 1
         if self.reads >= self.policy.max_reads:
             self.incomplete += 1
@@ -296,6 +306,31 @@ class WindowRead:
         self.seen.clear()
         self.rereads += 1
         return self._set(Outcome.RETRY, replace(p, page=1, tries=p.tries + 1, count0=None))
+
+    def _merge(self, steady: bool, total: int | None) -> None:
+        """Fold an incomplete read into the union of reads, or start a new union.
+
+        Reads join a union only with one steady ``total_count`` N on every page of every
+        read. Closed reads: the window's set can only shrink, so steady means unchanged.
+        Open reads: rows can enter, and a deletion paired with an entry keeps N steady;
+        but every entry after the union's first page 1 was asked for is stamped at or
+        after that time, so a union none of whose reads saw such a row that was not
+        already known to be in the window (entries seen on page 1 of its first read were
+        there before N was counted) holds only old rows and deleted ones, and as many
+        unseen entries as it holds deleted ids: union == N leaves no old row out."""
+        bounded = self._read_bounded
+        if not steady or total is None or (not bounded and self._t1 is None):
+            self.union, self.union_total, self._union_t0 = set(), None, None
+            return
+        joins = (self.union_total == total and self.union_bounded == bounded
+                 and (bounded or not self._tainted))
+        if not joins:
+            if not bounded and self._entered:
+                self.union, self.union_total, self._union_t0 = set(), None, None
+                return
+            self.union, self.union_total = set(), total
+            self.union_bounded, self._union_t0 = bounded, self._t1
+        self.union |= self.seen
 
     def _divisible(self) -> bool:
         """Whether cutting the window by time could divide its rows: not when every row

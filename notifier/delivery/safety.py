@@ -38,6 +38,20 @@ def unsafe_reason(address: str) -> str | None:
     return None
 
 
+def host_reason(host: str) -> str | None:
+    """Why ``host`` may not be a webhook target, judged without DNS: an address literal
+    that is not global, or a ``localhost`` name (RFC 6761: always loopback). None when
+    only resolving the name can tell."""
+    host = host.strip("[]").rstrip(".").lower()
+    try:
+        return unsafe_reason(host)
+    except ValueError:
+        pass
+    if host == "localhost" or host.endswith(".localhost"):
+        return "a loopback name"
+    return None
+
+
 class URLGuard:
     """Checks one subscriber's URL before each attempt."""
 

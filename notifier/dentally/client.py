@@ -1,7 +1,8 @@
 """A thin httpx adapter for the Dentally API: headers, pages, and errors as one tree.
 
-It makes exactly one request per call and decides nothing about retrying: the poller
-does, from the exception type. Every response's ``Date`` feeds the server clock and its
+It decides nothing about retrying, except that a rate refusal is sent again once the
+key's pacer allows (see :mod:`notifier.dentally.pacer`); the poller decides the rest, from
+the exception type. Every response's ``Date`` feeds the server clock and its
 ``x-ratelimit-*`` headers the rate state. The key only ever travels in the Authorization
 header; no message built here contains it.
 """
@@ -18,12 +19,14 @@ import anyio
 import httpx
 
 from notifier import __version__
-from notifier.core.budget import Budget
+from notifier.core.budget import Action, Answer, Priority, Refusal, classify
 from notifier.core.clock import ServerClock
-from notifier.core.keylife import Outcome, classify
+from notifier.core.keylife import Outcome
+from notifier.core.keylife import classify as classify_outcome
 from notifier.core.resources import Resource
 from notifier.core.retry import parse_retry_after
 from notifier.core.timefmt import format_ms
+from notifier.dentally.pacer import HEARTBEAT, Pacer
 from notifier.errors import (
     AuthError,
     BadRequest,
@@ -38,19 +41,19 @@ from notifier.errors import (
 
 USER_AGENT = f"dentally-notifier/{__version__} (+https://pypi.org/project/dentally-notifier/)"
 
+Gate = Callable[[bool], "float | None"]
+"""Asked before each request with ``probe``: None refuses it (the key was rejected: only
+probes go out), else the seconds it must wait."""
+
+Observer = Callable[[Outcome, bool, "str | None", "float | None", str], None]
+"""Told every response's class: (outcome, probe, resource, reset_at, reason). A rate
+refusal that the pacer sends again is the budget's business and is not told."""
+
 
 @dataclass(frozen=True)
 class Page:
     rows: list[dict[str, Any]]
     total_count: int | None
-
-
-Gate = Callable[[bool], "float | None"]
-"""Asked before each request with ``probe``: None refuses it (the key was rejected: only
-probes go out), else the seconds it must wait (a rate limit's reset)."""
-
-Observer = Callable[[Outcome, bool, "str | None", "float | None", str], None]
-"""Told every response's class: (outcome, probe, resource, reset_at, reason)."""
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,7 @@ class DentallyClient:
     """One practice's connection to Dentally. Close it with ``aclose``."""
 
     def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0,
-                 budget: Budget | None = None,
+                 pacer: Pacer | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
                  monotonic: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
@@ -86,9 +89,9 @@ class DentallyClient:
         """The key's lifecycle decides what may be sent (core.keylife); without one, the
         client sends whatever it is asked to."""
         self.observer: Observer | None = None
-        self.budget = budget
-        self.heartbeat: Callable[[], None] | None = None
-        """Called while waiting for the budget: waiting is progress, not a wedge."""
+        self.pacer = pacer
+        """The key's rate budget (shared by every client of the key); None: unpaced, and a
+        rate refusal raises RateLimited at once."""
         self._mono = monotonic
         self._wall = wall
         self._http = httpx.AsyncClient(
@@ -111,26 +114,17 @@ class DentallyClient:
         """The server's time in ms, estimated from the last ``Date`` header."""
         return self.clock.now(self._mono())
 
-    async def _pace(self, bulk: bool) -> None:
-        """Wait until the rate budget allows this request, then count it."""
-        if self.budget is None:
-            return
-        while (wait := self.budget.wait(self._wall(), bulk)) > 0:
-            if self.heartbeat is not None:
-                self.heartbeat()
-            await anyio.sleep(min(wait, 10.0))  # and beat, at least every 10 s
-        self.budget.spend(self._wall())
-
     async def _admit(self, what: str, probe: bool) -> None:
-        """The gate's word: refuse (a rejected key, no retry storm) or wait (rate limit)."""
+        """The gate's word: refuse (a rejected key, no retry storm) or wait."""
         while self.gate is not None:
             wait = self.gate(probe)
             if wait is None:
                 raise AuthError(f"{what}: not sent, the key was rejected")
             if wait <= 0:
                 return
-            if self.heartbeat is not None:
-                self.heartbeat()
+            beat = HEARTBEAT.get()
+            if beat is not None:
+                beat()
             await anyio.sleep(min(wait, 10.0))
 
     async def get(self, path: str, params: dict[str, str] | None = None, *,
@@ -139,42 +133,55 @@ class DentallyClient:
         """GET ``/v1{path}`` and return its JSON body, or raise a DentallyError.
 
         The gate (the key's lifecycle) may refuse the call without a request: after a
-        401 nothing but a ``probe`` goes out.
+        401 nothing but a ``probe`` goes out. With a pacer, a rate refusal (429, or the
+        hourly cap's 403) is not an error: the same request is sent again when the
+        budget allows, so a caller reading a window keeps its place in it.
         """
         what = f"GET {path}"
-        await self._admit(what, probe)
-        await self._pace(bulk)
-        self.requests += 1
-        try:
-            response = await self._http.get("/v1" + path, params=params)
-        except httpx.TimeoutException:
-            self._tell(Outcome.FAILED, probe, resource, None, "timed out")
-            raise TransientError(f"{what}: timed out") from None
-        except httpx.TransportError as exc:
-            self._tell(Outcome.FAILED, probe, resource, None, type(exc).__name__)
-            raise TransientError(f"{what}: {type(exc).__name__}") from None
-        self._observe(response)
-        status = response.status_code
-        if 200 <= status < 300:
-            self.last_success = self._wall()
-            self._tell(Outcome.OK, probe, resource, None, "")
+        priority = (Priority.KEY if path == "/user" else
+                    Priority.BULK if bulk else Priority.STEADY)
+        while True:
+            await self._admit(what, probe)
+            sent_at = await self.pacer.slot(priority) if self.pacer is not None else 0.0
+            self.requests += 1
             try:
-                return response.json()
-            except ValueError:
-                raise MalformedResponse(f"{what}: {status} body is not JSON",
-                                        status=status) from None
-        error = self._error(what, response)
-        outcome = {AuthError: Outcome.UNAUTHORIZED, RateLimited: Outcome.RATE_LIMITED,
-                   ScopeError: Outcome.FORBIDDEN}.get(type(error), Outcome.FAILED)
-        self._tell(outcome, probe, resource, getattr(error, "reset_at", None), str(error))
-        raise error
+                response = await self._http.get("/v1" + path, params=params)
+            except httpx.TimeoutException:
+                self._tell(Outcome.FAILED, probe, resource, None, "timed out")
+                raise TransientError(f"{what}: timed out") from None
+            except httpx.TransportError as exc:
+                self._tell(Outcome.FAILED, probe, resource, None, type(exc).__name__)
+                raise TransientError(f"{what}: {type(exc).__name__}") from None
+            answer = self._observe(response)
+            if self.pacer is not None and \
+                    self.pacer.answered(sent_at, answer) is Action.RETRY:
+                continue
+            status = response.status_code
+            if 200 <= status < 300:
+                self.last_success = self._wall()
+                self._tell(Outcome.OK, probe, resource, None, "")
+                try:
+                    return response.json()
+                except ValueError:
+                    raise MalformedResponse(f"{what}: {status} body is not JSON",
+                                            status=status) from None
+            error = self._error(what, response, answer)
+            outcome = {AuthError: Outcome.UNAUTHORIZED, RateLimited: Outcome.RATE_LIMITED,
+                       ScopeError: Outcome.FORBIDDEN}.get(type(error), Outcome.FAILED)
+            self._tell(outcome, probe, resource, getattr(error, "reset_at", None),
+                       str(error))
+            raise error
 
     def _tell(self, outcome: Outcome, probe: bool, resource: str | None,
               reset_at: float | None, reason: str) -> None:
         if self.observer is not None:
             self.observer(outcome, probe, resource, reset_at, reason)
 
-    def _observe(self, response: httpx.Response) -> None:
+    def _observe(self, response: httpx.Response) -> Answer:
+        """Feed the server clock from ``Date``; read what the response says of the budget,
+        its reset converted to our clock by the server clock's estimate (a lower bound of
+        the server's time: the converted reset is late, never early)."""
+        now = self._wall()
         date = response.headers.get("date")
         if date:
             try:
@@ -183,27 +190,29 @@ class DentallyClient:
             except (TypeError, ValueError):
                 pass
         h = response.headers
+        reset = _int_header(h, "x-ratelimit-reset")
+        server_ms = self.clock.now(self._mono())
+        reset_at = None if reset is None else (
+            now + reset - server_ms / 1000 if server_ms is not None else float(reset))
         if "x-ratelimit-remaining" in h:
-            reset = _int_header(h, "x-ratelimit-reset")
             self.rate = RateState(_int_header(h, "x-ratelimit-limit"),
-                                  _int_header(h, "x-ratelimit-remaining"),
-                                  None if reset is None else float(reset))
-            if self.budget is not None:
-                self.budget.observe(self.rate.remaining, self.rate.reset_at, self._wall())
+                                  _int_header(h, "x-ratelimit-remaining"), reset_at)
+        kind, message = _error_detail(response) if response.status_code >= 400 else ("", "")
+        return Answer(response.status_code, limit=_int_header(h, "x-ratelimit-limit"),
+                      remaining=_int_header(h, "x-ratelimit-remaining"), reset_at=reset_at,
+                      retry_after=parse_retry_after(h.get("retry-after"), now),
+                      error_type=kind, error_message=message)
 
-    def _error(self, what: str, response: httpx.Response) -> DentallyError:
+    def _error(self, what: str, response: httpx.Response, answer: Answer) -> DentallyError:
         status = response.status_code
-        detail = _error_message(response)
+        detail = answer.error_message[:200]
         message = f"{what}: {status}" + (f" {detail}" if detail else "")
-        outcome = classify(status, _error_type(response), detail, self.rate.remaining)
+        outcome = classify_outcome(status, answer.error_type, detail, answer.remaining)
         if outcome is Outcome.UNAUTHORIZED:
             return AuthError(message, status=status)
-        if outcome is Outcome.RATE_LIMITED:
-            now = self._wall()
-            wait = parse_retry_after(response.headers.get("retry-after"), now)
-            reset = now + wait if wait is not None else self.rate.reset_at
-            if self.budget is not None:
-                self.budget.limited(reset, self._wall())
+        if outcome is Outcome.RATE_LIMITED or classify(answer) is not Refusal.NONE:
+            wait = answer.retry_after
+            reset = self._wall() + wait if wait is not None else answer.reset_at
             return RateLimited(message, status=status, reset_at=reset)
         if status == 403:
             return ScopeError(message, status=status)
@@ -244,31 +253,22 @@ class DentallyClient:
         return dict(body[resource.singular])
 
 
-def _error_type(response: httpx.Response) -> str:
-    """``error.type`` of a Dentally error body, if there is one."""
+def _error_detail(response: httpx.Response) -> tuple[str, str]:
+    """The API's own error type and message, if the body has them:
+    ``{"error": {"type": ..., "message": ...}}``, ``{"error": "..."}`` or ``{"message": ...}``.
+    """
     try:
         body = response.json()
     except ValueError:
-        return ""
-    if isinstance(body, dict) and isinstance(body.get("error"), dict):
-        kind = body["error"].get("type", "")
-        return kind if isinstance(kind, str) else ""
-    return ""
-
-
-def _error_message(response: httpx.Response) -> str:
-    """The API's own error text, short, if the body has one."""
-    try:
-        body = response.json()
-    except ValueError:
-        return ""
-    if isinstance(body, dict):
-        err = body.get("error", body.get("message", ""))
-        if isinstance(err, dict):
-            err = err.get("message", "")
-        if isinstance(err, str):
-            return err[:200]
-    return ""
+        return "", ""
+    if not isinstance(body, dict):
+        return "", ""
+    err = body.get("error", body.get("message", ""))
+    kind: Any = ""
+    if isinstance(err, dict):
+        kind, err = err.get("type", ""), err.get("message", "")
+    return (kind if isinstance(kind, str) else "")[:100], \
+        (err if isinstance(err, str) else "")[:200]
 
 
 def parse_page(key: str, body: Any, what: str) -> Page:

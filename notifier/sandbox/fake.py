@@ -107,7 +107,7 @@ class Faker:
         return {
             "patient_id": r.randint(1000, 5000),
             "site_id": r.choice(self.site_ids),
-            "amount": "-" + self.money(),
+            "amount": self.money(),  # money received: positive, as on a receipt
             "method": r.choice(METHODS),
             "dated_on": f"2026-{r.randint(1, 11):02d}-{r.randint(1, 28):02d}",
             "reference": None,
@@ -138,7 +138,13 @@ class Faker:
         if resource == "appointments":
             return {"state": r.choice(STATES[:5]), "reason": r.choice(REASONS)}
         if resource == "invoices":
-            return {"amount_outstanding": "0.0", "paid": True}
+            outstanding = float(record.get("amount_outstanding") or 0)
+            if outstanding > 0:  # a part or full payment against it
+                left = r.choice([0.0, round(outstanding * r.uniform(0.2, 0.8) * 2) / 2])
+                return {"amount_outstanding": f"{left:.1f}", "paid": left == 0}
+            charge = self.money(20, 300)  # paid off: a new treatment charged to it
+            total = float(record.get("amount") or 0) + float(charge)
+            return {"amount": f"{total:.1f}", "amount_outstanding": charge, "paid": False}
         if resource == "payments":
             return {"method": r.choice(METHODS)}
         if resource == "sites":

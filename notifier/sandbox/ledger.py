@@ -27,7 +27,9 @@ def content_hash(record: Any) -> str:
     """SHA-256 (hex, 32 digits) of the record's canonical JSON: sorted keys, no spaces.
     A consumer hashing the ``record`` of an event the same way gets the same value."""
     body = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(body.encode()).hexdigest()[:32]
+    # JSON may carry a lone UTF-16 surrogate ("\ud83d": an emoji cut in two upstream);
+    # the sandbox serves whatever JSON Dentally could, so it must hash one too.
+    return hashlib.sha256(body.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,10 @@ from redis.exceptions import RedisError
 from notifier import config
 from notifier.config import PracticeConfig, Settings, SubscriberConfig
 from notifier.core.health import Health
+from notifier.core.text import plural
 from notifier.errors import ConfigError, StoreError
+from notifier.ops import early_signals
+from notifier.ops import logging as logsetup
 from notifier.ops.http import bind, serve_app
 from notifier.ops.metrics import Metrics
 from notifier.ops.metrics import app as metrics_app
@@ -28,7 +31,8 @@ from notifier.ops.systemd import SystemdNotifier, watchdog_interval
 from notifier.service import retention
 from notifier.service.delivery import SubscriberWorker, supervise
 from notifier.service.keygroup import KeyHub
-from notifier.service.practice import PracticeRunner, budget_for
+from notifier.service.pacing import pacer_for, plan_for
+from notifier.service.practice import PracticeRunner
 from notifier.store.delivery import DeliveryStore, groups, unacked
 from notifier.store.keys import Keys
 from notifier.store.redis import Store
@@ -82,10 +86,10 @@ async def status_line(store: Store, runners: list[PracticeRunner],
         infos = await groups(store.redis, store.stream)
         lag = sum(unacked(infos[w.sub.name]) for w in workers
                   if not w.disabled and w.sub.name in infos)
-    parts = [f"{len(runners)} practices"]
+    parts = [plural(len(runners), "practice")]
     if revoked:
-        parts.append(f"{revoked} key{'s' * (revoked > 1)} revoked")
-    parts.append(f"{len(workers)} subscribers")
+        parts.append(plural(revoked, "key revoked"))
+    parts.append(plural(len(workers), "subscriber"))
     if disabled:
         parts.append(f"{disabled} disabled")
     parts.append(f"lag {lag}")
@@ -126,7 +130,7 @@ class Daemon:
         self.keys = Keys(settings.redis.prefix)
         self.store = Store(redis, self.keys, settings.redis.stream)
         self.notify = SystemdNotifier()
-        self.keys_hub = KeyHub(settings.practices, budget_for)
+        self.keys_hub = KeyHub(settings.practices, pacer_for, plan_for)
         self.health = Health()
         self.metrics = Metrics()
         self.practices: dict[str, tuple[PracticeConfig, PracticeRunner, anyio.CancelScope]] = {}
@@ -168,10 +172,11 @@ class Daemon:
         self._tg.start_soon(self._scoped, scope,
                             partial(supervise, _reuse_first(first, make), cfg.name))
 
-    async def run(self, handle_signals: bool) -> None:
-        await _warn_about_store(self.redis)
-        log.info("started: %d practices, %d subscribers, stream %s",
-                 len(self.settings.practices), len(self.settings.subscribers),
+    async def run(self, handle_signals: bool, store_warnings: bool = True) -> None:
+        if store_warnings:
+            await _warn_about_store(self.redis)
+        log.info("started: %s, %s, stream %s", plural(len(self.settings.practices), "practice"),
+                 plural(len(self.settings.subscribers), "subscriber"),
                  self.settings.redis.stream)
         try:
             async with anyio.create_task_group() as tg:
@@ -193,18 +198,29 @@ class Daemon:
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
         signals_ = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
-        with anyio.open_signal_receiver(*signals_) as signals:
-            async for signum in signals:
-                if signum == signal.SIGHUP:
-                    self.notify.reloading()
-                    await self.reload()
-                    self.notify.ready(await status_line(self.store, self.runners,
-                                                        self.workers))
-                    continue
-                log.info("received %s; stopping", signal.Signals(signum).name)
-                self.notify.stopping()
-                scope.cancel()
-                return
+        try:
+            with anyio.open_signal_receiver(*signals_) as signals:
+                # Signals that came during start-up (notifier.ops.early_signals) first.
+                for signum in early_signals.take():
+                    if not await self._on_signal(signum, scope):
+                        return
+                async for signum in signals:
+                    if not await self._on_signal(signum, scope):
+                        return
+        finally:
+            early_signals.install()   # a signal during the rest of the shutdown is moot
+
+    async def _on_signal(self, signum: int, scope: anyio.CancelScope) -> bool:
+        """Act on one signal; False once it stops the daemon."""
+        if signum == signal.SIGHUP:
+            self.notify.reloading()
+            await self.reload()
+            self.notify.ready(await status_line(self.store, self.runners, self.workers))
+            return True
+        log.info("received %s; stopping", signal.Signals(signum).name)
+        self.notify.stopping()
+        scope.cancel()
+        return False
 
     async def reload(self) -> None:
         """SIGHUP: re-read the config and keys; apply what changed, keep what did not.
@@ -216,9 +232,16 @@ class Daemon:
             except ConfigError as exc:
                 log.error("reload refused, the running configuration stays: %s", exc)
                 return
-        if new.redis != self.settings.redis:
-            log.warning("[redis] settings changed: they take effect at the next restart")
-            new = new.model_copy(update={"redis": self.settings.redis})
+        pending = config.restart_needed(self.settings, new)
+        if pending:
+            log.warning("reload: %s changed; %s effect only at the next restart "
+                        "(systemctl restart dentally-notifier), the running values stay",
+                        ", ".join(pending), "takes" if len(pending) == 1 else "take")
+            new = config.keep_restart_only(self.settings, new)
+        if new.log != self.settings.log:
+            logsetup.setup(new.log.format, new.log.level)
+            log.info("reload: [log] applied (format %s, level %s)", new.log.format,
+                     new.log.level)
         old_p = {p.name: p for p in self.settings.practices}
         new_p = {p.name: p for p in new.practices}
         self.keys_hub.update(new.practices)
@@ -260,7 +283,7 @@ class Daemon:
                 for runner in self.runners:
                     name = runner.cfg.name
                     m.key_ok.labels(name).set(0 if runner.revoked else 1)
-                    m.api_requests.labels(name).set(runner.budget.used)
+                    m.api_requests.labels(name).set(runner.budget.used(time.time()))
                     if runner.budget.server_remaining is not None:
                         m.budget_left.labels(name).set(runner.budget.server_remaining)
                 m.stream_length.set(await self.redis.xlen(self.store.stream))
@@ -276,16 +299,12 @@ class Daemon:
             await anyio.sleep(METRICS_EVERY)
 
     async def _trim_forever(self) -> None:
-        """Trim the stream by ``retention`` every minute, held back by enabled subscribers."""
+        """Trim the stream by ``retention`` every minute, held back by enabled subscribers
+        and by the consumer groups ``[redis] consumer_groups`` declares."""
         while True:
             try:
-                enabled = set()
-                for sub in self.settings.subscribers:
-                    state = await DeliveryStore(self.redis, self.keys, self.store.stream,
-                                                sub.name).state()
-                    if state.get("disabled") != "1":
-                        enabled.add(sub.name)
-                await retention.trim(self.redis, self.store.stream, enabled,
+                protected = await protected_groups(self.redis, self.keys, self.settings)
+                await retention.trim(self.redis, self.store.stream, protected,
                                      self.settings.redis.retention, time.time())
             except RedisError as exc:
                 log.warning("could not trim the stream: %s", exc)
@@ -295,6 +314,17 @@ class Daemon:
         """Feed systemd's watchdog only while every loop keeps its promise; STATUS too."""
         await watch(self.notify, self.health, lambda: status_line(
             self.store, self.runners, self.workers), interval)
+
+
+async def protected_groups(redis: Redis, keys: Keys, settings: Settings) -> set[str]:
+    """The consumer groups retention must not trim past: every enabled subscriber's, and
+    the ones ``[redis] consumer_groups`` declares (the integrator's own readers)."""
+    out = set(settings.redis.consumer_groups)
+    for sub in settings.subscribers:
+        state = await DeliveryStore(redis, keys, settings.redis.stream, sub.name).state()
+        if state.get("disabled") != "1":
+            out.add(sub.name)
+    return out
 
 
 def _changes(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -322,11 +352,12 @@ async def watch(notify: SystemdNotifier, health: Health,
 
 
 async def run(settings: Settings, handle_signals: bool = True,
-              config_path: Path | None = None) -> None:
-    """Poll every practice and deliver to every subscriber until cancelled (or SIGTERM)."""
+              config_path: Path | None = None, store_warnings: bool = True) -> None:
+    """Poll every practice and deliver to every subscriber until cancelled (or SIGTERM).
+    ``store_warnings=False`` skips the persistence warnings (the demo's throwaway server)."""
     redis = await connect(settings)
     try:
-        await Daemon(settings, redis, config_path).run(handle_signals)
+        await Daemon(settings, redis, config_path).run(handle_signals, store_warnings)
     finally:
         with anyio.CancelScope(shield=True):
             await redis.aclose()

@@ -20,7 +20,8 @@ from typing import Protocol
 
 from notifier.config import PracticeConfig
 from notifier.core import keylife as kl
-from notifier.core.budget import Budget
+from notifier.core.budget import Budget, Plan
+from notifier.dentally.pacer import Pacer
 from notifier.errors import ConfigError
 
 log = logging.getLogger("notifier.practice")
@@ -33,13 +34,19 @@ class Member(Protocol):
 
 
 class KeyGroup:
-    def __init__(self, fp: str, life: kl.KeyLife, budget: Budget,
-                 practices: Sequence[str]) -> None:
-        self.fp, self.life, self.budget = fp, life, budget
+    def __init__(self, fp: str, life: kl.KeyLife, pacer: Pacer,
+                 practices: Sequence[str], plan: Plan | None = None) -> None:
+        self.fp, self.life, self.pacer = fp, life, pacer
+        self.plan = plan if plan is not None else Plan((), {}, 0.0, 1)
+        """The effective poll intervals of every resource of the group's practices."""
         self.practices = list(practices)
         """Every configured practice using this key (members are those running now)."""
         self.members: list[Member] = []
         self._started = False
+
+    @property
+    def budget(self) -> Budget:
+        return self.pacer.budget
 
     def join(self, member: Member, stored: dict[str, str], now: float) -> None:
         """A practice's runner starts using the key; the first one starts the lifecycle
@@ -75,9 +82,11 @@ class KeyHub:
     """Every key group of the daemon, by fingerprint."""
 
     def __init__(self, practices: Sequence[PracticeConfig],
-                 budget_for: Callable[[Sequence[PracticeConfig]], Budget]) -> None:
+                 pacer_for: Callable[[Sequence[PracticeConfig]], Pacer],
+                 plan_for: Callable[[Sequence[PracticeConfig]], Plan] | None = None) -> None:
         self.practices = list(practices)
-        self._budget_for = budget_for
+        self._pacer_for = pacer_for
+        self._plan_for = plan_for
         self._groups: dict[str, KeyGroup] = {}
 
     def update(self, practices: Sequence[PracticeConfig]) -> None:
@@ -107,7 +116,8 @@ class KeyHub:
                               probe_interval=min(c.key_probe_interval for c in sharing),
                               scope_recheck_interval=min(c.scope_recheck_interval
                                                          for c in sharing))
-            group = KeyGroup(fp, life, self._budget_for(sharing), [c.name for c in sharing])
+            group = KeyGroup(fp, life, self._pacer_for(sharing), [c.name for c in sharing],
+                             self._plan_for(sharing) if self._plan_for else None)
             self._groups[fp] = group
         return group
 

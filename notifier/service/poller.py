@@ -190,6 +190,14 @@ class ResourcePoller:
             server_now = int(self._wall() * 1000) - self.policy.overlap_ms
         return server_now
 
+    def _asked_at(self) -> int:
+        """The server's time as a page is asked for: the clock estimate, or without any
+        ``Date`` yet our own clock one overlap behind (a lower bound is the safe side)."""
+        estimate = self.client.server_now()
+        if estimate is None:
+            return int(self._wall() * 1000) - self.policy.overlap_ms
+        return estimate
+
     def _fetcher(self, window: cursor.Window, page: int, bounded: bool,
                  bulk: bool = True) -> Callable[[], Awaitable[Page]]:
         after, before = cursor.query_bounds(window, bounded, self.policy)
@@ -296,7 +304,7 @@ class ResourcePoller:
                         # poll; everything else (backfill, catch-up, sweeps) is bulk work.
                         steady = (persist and last and key[1] == 1 and reader.progress.synced
                                   and self.resource.strategy == "incremental")
-                        asked_at = self.client.server_now()
+                        asked_at = self._asked_at()
                         page = await self._fetcher(*key, reader.bounded, not steady)()
                 except PageTooDeep:
                     split = reader.too_deep()
@@ -316,8 +324,7 @@ class ResourcePoller:
                     [str(r["id"]) for r in page.rows], page.total_count,
                     [updated_ms(r) for r in page.rows], now=asked_at)
                 if outcome is cursor.Outcome.NEXT:
-                    ahead = _Prefetch((reader.window, new_progress.page),
-                                      self.client.server_now())
+                    ahead = _Prefetch((reader.window, new_progress.page), self._asked_at())
                     tg.start_soon(ahead.run, self._fetcher(*ahead.key, reader.bounded))
                 rows = dedupe(page.rows)
                 if sweep is not None:

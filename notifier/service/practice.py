@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,16 +22,18 @@ from redis.exceptions import RedisError
 
 from notifier.config import PracticeConfig
 from notifier.core import keylife as kl
-from notifier.core.budget import Budget
+from notifier.core.budget import Budget, Plan
 from notifier.core.health import Health
 from notifier.core.retry import backoff
 from notifier.dentally.client import DentallyClient
+from notifier.dentally.pacer import Pacer
 from notifier.errors import ConfigError, DentallyError, LeaseLost
 from notifier.events import notifier_event
 from notifier.ops.metrics import Metrics
 from notifier.service.identity import holder_id
 from notifier.service.keygroup import KeyGroup, KeyHub
 from notifier.service.lease import LeaseKeeper
+from notifier.service.pacing import budget_for, effective_interval, pacer_for, plan_for
 from notifier.service.resource_loop import ResourceLoop, policy_for
 from notifier.store.lease import Lease
 from notifier.store.redis import Store
@@ -43,19 +45,6 @@ log = logging.getLogger("notifier.practice")
 KEY_FILE_POLL = 5.0        # how often the key's source is re-read for a new key
 RETRY_POLL = 1.0           # how often Redis is asked for an operator's "key retry"
 KEY_STATE_WRITE = 10.0     # how often the key's last use and budget go to Redis
-
-
-def budget_for(cfgs: PracticeConfig | Sequence[PracticeConfig]) -> Budget:
-    """The key's share of its rate window (the smallest any of its practices allows), and
-    what the steady polls of all its practices need."""
-    group = [cfgs] if isinstance(cfgs, PracticeConfig) else list(cfgs)
-    cfg = min(group, key=lambda c: c.max_requests_per_hour * c.rate_window)
-    scale = cfg.rate_window / 3600.0
-    steady = sum(cfg.rate_window / c.interval(r) for c in group for r in c.resources)
-    steady += cfg.rate_window / min(c.keepalive_interval for c in group)
-    share = max(1, int(cfg.max_requests_per_hour * scale))
-    return Budget(share=share, window=cfg.rate_window,
-                  steady_per_window=min(steady, share * 0.5), floor=int(36 * scale))
 
 
 def _lease_lost(exc: BaseException) -> bool:
@@ -81,9 +70,9 @@ class PracticeRunner:
         self.keeper = LeaseKeeper(Lease(store.redis, store.keys.lock(cfg.name),
                                         store.keys.lease_epoch(cfg.name), holder_id(),
                                         lease_ttl), cfg.name)
-        self.hub = hub or KeyHub([cfg], budget_for)
+        self.hub = hub or KeyHub([cfg], pacer_for, plan_for)
         self.group: KeyGroup | None = None
-        self._budget = budget_for(cfg)
+        self._pacer = pacer_for(cfg)
         self.health = health or Health()
         self.metrics = metrics
         self._reload = anyio.Event()
@@ -102,7 +91,17 @@ class PracticeRunner:
 
     @property
     def budget(self) -> Budget:
-        return self._budget if self.group is None else self.group.budget
+        return self.pacer.budget
+
+    @property
+    def plan(self) -> Plan:
+        """The effective poll intervals of the key's practices (docs/budget.md)."""
+        return plan_for(self.cfg) if self.group is None else self.group.plan
+
+    @property
+    def pacer(self) -> Pacer:
+        """The key's pacer (shared with the practices that use the same key)."""
+        return self._pacer if self.group is None else self.group.pacer
 
     @property
     def revoked(self) -> bool:
@@ -163,7 +162,7 @@ class PracticeRunner:
         group = self.hub.group(fp, self.cfg)
         self._todo = []
         client = DentallyClient(self.cfg.url, key, timeout=self.cfg.timeout,
-                                budget=group.budget)
+                                pacer=group.pacer)
         client.gate = self._gate
         client.observer = self._observe
         pollers: anyio.CancelScope | None = None
@@ -226,6 +225,8 @@ class PracticeRunner:
                 tg.start_soon(self._run_pollers, pollers, client, store)
                 log.info("key ok; polling %s", ", ".join(self.cfg.resources),
                          extra=self._extra)
+                if self.plan.stretched:
+                    log.warning("%s", self.plan.message(), extra=self._extra)
         elif isinstance(action, kl.Publish):
             await self._publish(action)
         elif isinstance(action, kl.Persist):
@@ -249,7 +250,9 @@ class PracticeRunner:
                 for name in self.cfg.resources:
                     loop = ResourceLoop(store, self.cfg, name, client, self.life,
                                         health=self.health, metrics=self.metrics,
-                                        wall=self._wall)
+                                        wall=self._wall,
+                                        interval=effective_interval(self.plan, self.cfg,
+                                                                    name))
                     tg.start_soon(loop.run)
 
     async def _publish(self, p: kl.Publish) -> None:
@@ -314,15 +317,8 @@ class PracticeRunner:
         """The key's last use and the budget, for ``status``, at most every few seconds."""
         recorded: tuple[Any, ...] | None = None
         while True:
-            b = self.budget
             fields = {"last_success_at": "" if self.life.last_success is None
-                      else str(self.life.last_success),
-                      "budget_used": str(b.used), "budget_share": str(b.share),
-                      "budget_window": str(b.window),
-                      "server_remaining": "" if client.rate.remaining is None
-                      else str(client.rate.remaining),
-                      "server_reset": "" if client.rate.reset_at is None
-                      else str(client.rate.reset_at)}
+                      else str(self.life.last_success), **self.pacer.snapshot()}
             if self.life.last_success is not None and tuple(fields.values()) != recorded:
                 with contextlib.suppress(RedisError):
                     await self._set_key_state(**fields)

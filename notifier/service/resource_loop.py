@@ -26,6 +26,7 @@ from notifier.core.health import Health
 from notifier.core.keylife import KeyLife
 from notifier.core.retry import backoff
 from notifier.dentally.client import DentallyClient
+from notifier.dentally.pacer import HEARTBEAT
 from notifier.errors import AuthError, DentallyError, LeaseLost, RateLimited, ScopeError
 from notifier.events import Event
 from notifier.ops.metrics import Metrics
@@ -54,10 +55,14 @@ def _float(value: str | None) -> float | None:
 class ResourceLoop:
     def __init__(self, store: Store, cfg: PracticeConfig, name: str, client: DentallyClient,
                  life: KeyLife, *, health: Health, metrics: Metrics | None,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time,
+                 interval: float | None = None) -> None:
         self.store, self.cfg, self.name, self.client, self.life = store, cfg, name, client, life
         self.health, self.metrics, self._wall = health, metrics, wall
         self.extra: dict[str, Any] = {"practice": cfg.name, "resource": name}
+        self.interval = cfg.interval(name) if interval is None else interval
+        """Seconds between polls: the configured interval, or longer when the share cannot
+        carry it (see docs/budget.md)."""
         self._incident: str | None = None
         """The unexpected error this resource is failing with (logged in full once)."""
 
@@ -66,15 +71,18 @@ class ResourceLoop:
         poller = ResourcePoller(self.store, self.client, cfg.name, resources.get(name),
                                 policy_for(cfg), initial_sync=cfg.initial_sync,
                                 max_delete_fraction=cfg.max_delete_fraction)
-        interval = cfg.interval(name)
+        interval = self.interval
+        with contextlib.suppress(RedisError):
+            await self.store.note(cfg.name, name, interval=str(interval),
+                                  interval_configured=str(cfg.interval(name)))
         attempt = 0
         next_sweep: float | None = None
         beat = f"{cfg.name}/{name}"
         # A page, or a wait for the rate budget (beating every 10 s), must come
         # within this long, or the loop is wedged.
         page_within = 2 * cfg.timeout + 10.0
-        self.client.heartbeat = lambda: self.health.beat(beat, self._wall(), page_within)
-        poller.heartbeat = self.client.heartbeat
+        poller.heartbeat = lambda: self.health.beat(beat, self._wall(), page_within)
+        HEARTBEAT.set(poller.heartbeat)   # this task's waits for the rate budget
         if self.metrics is not None:
             poller.on_events = self._count_events
             poller.on_stat = self._count_stat

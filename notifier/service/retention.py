@@ -13,6 +13,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from notifier.core.text import plural
 from notifier.store.delivery import groups as consumer_groups
 
 log = logging.getLogger("notifier.retention")
@@ -53,5 +54,5 @@ async def trim(redis: Redis, stream: str, groups: set[str], retention: float,
         return 0
     removed: Any = await redis.xtrim(stream, minid=f"{ms}-{seq}", approximate=False)
     if removed:
-        log.info("trimmed %d events older than %d-%d", removed, ms, seq)
+        log.info("trimmed %s older than %d-%d", plural(int(removed), "event"), ms, seq)
     return int(removed)

@@ -13,6 +13,7 @@ from typing import Any, TextIO
 from redis.asyncio import Redis
 
 from notifier.config import Settings
+from notifier.core.text import plural
 from notifier.core.timefmt import format_ms
 from notifier.service.daemon import connect
 from notifier.service.retention import parse_id
@@ -33,6 +34,17 @@ def _ago(ts: float | None, now: float) -> str:
     if s < 172800:
         return f"{s / 3600:.1f}h ago"
     return f"{s / 86400:.1f}d ago"
+
+
+def _secs(seconds: float) -> str:
+    if seconds >= 10 or seconds == int(seconds):
+        return f"{round(seconds):,} s"
+    return f"{seconds:.2f}".rstrip("0").rstrip(".") + " s"
+
+
+def _ago_until(ts: float, now: float) -> str:
+    s = max(0.0, ts - now)
+    return f"in {s:.0f}s" if s < 120 else f"in {s / 60:.0f}m"
 
 
 def _backfill(f: dict[str, str], now: float, share: int, per_page: int
@@ -100,6 +112,10 @@ async def collect(settings: Settings, redis: Redis, now: float) -> dict[str, Any
                 "last_error": f.get("last_error") or None,
                 "last_error_at": _float(f.get("last_error_at")),
                 "tracked": await redis.hlen(keys.snapshots(p.name, name)),
+                # What the daemon polls at: the configured interval, or longer when the
+                # share cannot carry it (see docs/budget.md).
+                "interval": _float(f.get("interval")),
+                "interval_configured": _float(f.get("interval_configured")),
                 "backfill": _backfill(f, now, p.max_requests_per_hour, p.per_page)
                 if not progress.synced else None,
                 "rereads": {"note": f.get("reread_note") or None,
@@ -123,6 +139,12 @@ async def collect(settings: Settings, redis: Redis, now: float) -> dict[str, Any
                     "idle_seconds": None if last_use is None else now - last_use},
             "budget": {"used": _int(k.get("budget_used")), "share": _int(k.get("budget_share")),
                        "window": _float(k.get("budget_window")),
+                       "state": k.get("budget_state"),
+                       "next_at": _float(k.get("budget_next_at")),
+                       "pace": _float(k.get("budget_rate")),
+                       "refused_burst": _int(k.get("budget_refused_burst")),
+                       "refused_hourly": _int(k.get("budget_refused_hourly")),
+                       "server_limit": _int(k.get("server_limit")),
                        "server_remaining": _int(k.get("server_remaining")),
                        "server_reset": _float(k.get("server_reset"))},
         })
@@ -136,7 +158,10 @@ async def collect(settings: Settings, redis: Redis, now: float) -> dict[str, Any
             summary: Any = await redis.xpending(stream, sub.name)
             if summary and summary.get("min"):
                 oldest_needed = now - parse_id(summary["min"])[0] / 1000
-        last: Any = await redis.lrange(db.k_log, 0, 0)
+        recent: Any = await redis.lrange(db.k_log, 0, 49)
+        attempts = [json.loads(r) for r in recent]
+        last = attempts[:1]
+        failed = next((a for a in attempts if a.get("error")), None)
         out["subscribers"].append({
             "name": sub.name,
             "enabled": state.get("disabled") != "1",
@@ -150,17 +175,53 @@ async def collect(settings: Settings, redis: Redis, now: float) -> dict[str, Any
             "dead_letters": await redis.xlen(db.k_dead),
             "failing_since": _float(state.get("failing_since")),
             "last_success_at": _float(state.get("last_success_at")),
-            "last_attempt": json.loads(last[0]) if last else None,
+            "last_attempt": last[0] if last else None,
+            "last_error": failed,
+            "next_retry_at": await db.next_due(),
             "group_lost_at": _float(state.get("group_lost_at")),
             "group_lost_count": int(state.get("group_lost_count", "0")),
         })
+    out["consumer_groups"] = [
+        {"name": name, "exists": name in infos,
+         "lag": infos[name].get("lag") if name in infos else None,
+         "pending": infos[name].get("pending") if name in infos else None}
+        for name in settings.redis.consumer_groups]
     return out
+
+
+def _in(seconds: float) -> str:
+    s = max(0.0, seconds)
+    if s < 120:
+        return f"{s:.0f}s"
+    if s < 7200:
+        return f"{s / 60:.0f}m"
+    return f"{s / 3600:.1f}h"
+
+
+def _failing(sub: dict[str, Any], now: float) -> list[str]:
+    """Why a subscriber fails and when it is tried next; nothing for a healthy one."""
+    err = sub.get("last_error")
+    last = sub.get("last_attempt")
+    lines = []
+    recovered = last is not None and not last.get("error") and not sub["retries_pending"]
+    if err and not recovered:
+        since = sub.get("failing_since")
+        lines.append((f"failing since {_ago(since, now)}; " if since else "")
+                     + f"last error {_ago(err.get('at'), now)}: {err['error']}"
+                     + f" (event {err.get('event', '?')}, attempt {err.get('attempt', '?')})")
+    due = sub.get("next_retry_at")
+    if due is not None:
+        at = datetime.fromtimestamp(due, UTC).isoformat(timespec="seconds")
+        when = "now" if due <= now else f"in {_in(due - now)}"
+        lines.append(f"next retry {when} ({at})"
+                     + (", once enabled" if not sub["enabled"] else ""))
+    return lines
 
 
 def render(data: dict[str, Any], out: TextIO) -> None:
     now = data["at"]
     s = data["stream"]
-    print(f"stream {s['name']}: {s['length']} events"
+    print(f"stream {s['name']}: {plural(s['length'], 'event')}"
           + (f", oldest {_ago(now - s['oldest_age'], now)}" if "oldest_age" in s else ""),
           file=out)
     for p in data["practices"]:
@@ -173,8 +234,18 @@ def render(data: dict[str, Any], out: TextIO) -> None:
               file=out)
         if b["share"]:
             left = "?" if b["server_remaining"] is None else b["server_remaining"]
-            print(f"  rate budget: {b['used']} of our {b['share']} used this window; "
-                  f"{left} left for the key", file=out)
+            line = (f"  rate budget: {b['used']} of our {b['share']} used in the last "
+                    f"{_secs(b['window'])}; {left} left for the key")
+            if b.get("pace") is not None:
+                line += f"; pace {b['pace']:g}/s"
+            state = b.get("state")
+            if state and state not in ("open", "paced") and b.get("next_at"):
+                line += f"; {state.replace('_', ' ')} until {_ago_until(b['next_at'], now)}"
+            refused = (b.get("refused_burst") or 0) + (b.get("refused_hourly") or 0)
+            if refused:
+                line += (f"; refused {b['refused_burst']}x by the burst limit, "
+                         f"{b['refused_hourly']}x by the hourly cap")
+            print(line, file=out)
         for r in p["resources"]:
             b = r.get("backfill")
             state = "synced" if r["synced"] else (
@@ -183,6 +254,11 @@ def render(data: dict[str, Any], out: TextIO) -> None:
                 if b else "not started")
             line = (f"  {r['resource']:<13} cursor {r['cursor'] or '-':<24} {state:<28} "
                     f"{r['tracked']:>8} tracked  polled {_ago(r['last_poll_at'], now)}")
+            if r.get("interval") is not None:
+                line += f", every {_secs(r['interval'])}"
+                configured = r.get("interval_configured")
+                if configured is not None and r["interval"] > configured:
+                    line += f" (configured {_secs(configured)}: stretched to fit the share)"
             print(line, file=out)
             rr = r["rereads"]
             if rr["window_waiting"]:
@@ -199,6 +275,11 @@ def render(data: dict[str, Any], out: TextIO) -> None:
             if r["last_error"]:
                 print(f"    last error ({_ago(r['last_error_at'], now)}): {r['last_error']}",
                       file=out)
+    for g in data.get("consumer_groups", []):
+        print(f"\nconsumer group {g['name']} (yours): " + (
+            f"lag {'-' if g['lag'] is None else g['lag']} unread, {g['pending'] or 0} "
+            "unacknowledged; retention keeps what it still needs" if g["exists"] else
+            "not created yet: retention protects it once it exists"), file=out)
     for sub in data["subscribers"]:
         state = "enabled" if sub["enabled"] else f"DISABLED ({sub['disabled_reason']})"
         print(f"\nsubscriber {sub['name']}: {state}", file=out)
@@ -210,6 +291,8 @@ def render(data: dict[str, Any], out: TextIO) -> None:
         print(f"  retries pending {sub['retries_pending']}, dead letters "
               f"{sub['dead_letters']}, last success {_ago(sub['last_success_at'], now)}",
               file=out)
+        for line in _failing(sub, now):
+            print(f"  {line}", file=out)
         if sub["group_lost_count"]:
             when = datetime.fromtimestamp(sub["group_lost_at"], UTC).isoformat(
                 timespec="seconds")

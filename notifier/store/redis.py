@@ -40,7 +40,10 @@ from notifier.store.keys import Keys
 #                                   in this same step when not stored yet
 #     n, (id, blob) x n             snapshots to write
 #     n, id x n                     snapshots to delete
-#     n, [m, (name, value) x m] x n events: each its stream entry fields (stream_args)
+#     n, m, name x m, (value x m) x n
+#                                   n events: the m stream entry field names (the same
+#                                   for every event, from stream_fields), then each
+#                                   event's m values in that order
 #     n, (field, value) x n         cursor hash fields (progress and status)
 #     fence                         only with KEYS[5]: the writer's fencing token; a writer
 #                                   that no longer holds the lease commits nothing
@@ -72,12 +75,14 @@ if n > 0 then
   i = i + n
 end
 n = tonumber(ARGV[i]); i = i + 1
+local m = tonumber(ARGV[i]); i = i + 1
+local fields = {}
+for j = 1, m do fields[2 * j - 1] = ARGV[i + j - 1] end
+i = i + m
 for e = 1, n do
-  local m = tonumber(ARGV[i]); i = i + 1
-  local fields = {}
-  for j = 1, 2 * m do fields[j] = ARGV[i + j - 1] end
+  for j = 1, m do fields[2 * j] = ARGV[i + j - 1] end
   redis.call('XADD', KEYS[3], '*', unpack(fields))
-  i = i + 2 * m
+  i = i + m
 end
 n = tonumber(ARGV[i]); i = i + 1
 local args = {'token', ARGV[1]}
@@ -95,6 +100,17 @@ def stream_args(event: Event) -> list[str | bytes]:
     out: list[str | bytes] = [str(len(fields))]
     for name, value in fields.items():
         out += [name, value]
+    return out
+
+
+def stream_table(events: Sequence[Event]) -> list[str | bytes]:
+    """Several events' stream entry fields as COMMIT takes them: the number of events and
+    of fields, the field names once, then each event's values in that order."""
+    names = list(Event.FIELDS)
+    out: list[str | bytes] = [str(len(events)), str(len(names)), *names]
+    for e in events:
+        fields = e.stream_fields()
+        out += [fields[name] for name in names]
     return out
 
 
@@ -198,11 +214,10 @@ class Store:
             args += [rid, blob]
         args.append(len(deletes))
         args += list(deletes)
-        args.append(len(events))
         for e in events:
             if (e.practice, e.resource) != (practice, resource):
                 raise ValueError(f"event {e.id} is not of {practice}/{resource}")
-            args += stream_args(e)
+        args += stream_table(events)
         args.append(len(fields))
         for k, v in fields.items():
             args += [k, v]

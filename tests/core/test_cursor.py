@@ -334,3 +334,32 @@ def test_the_cursor_stops_at_the_server_time_of_the_last_page() -> None:
     r = read(start(Progress(cursor=1000), 600_000 + 5000, P))
     outcome, p = r.page_read(["1"], 1, [4000], now=5000)
     assert outcome is Outcome.DONE and p.cursor == 5000
+
+
+def test_an_open_window_on_unstable_pages_completes_by_union() -> None:
+    """Appointments (no updated_before) on pages that repeat and skip rows: no single read
+    is complete, but reads that saw no row enter form a union that is."""
+    server = Server("id", 0.2, random.Random(3))
+    for i in range(30):
+        server.write(str(i))
+    server.now += 1000
+    r = WindowRead(start(Progress(), server.now, M), False, M)
+    while r.progress.windows:
+        assert not r.bounded
+        after, before = query_bounds(r.window, r.bounded, M)
+        rows, total = server.page(after, before, r.progress.page, M.per_page)
+        outcome, _ = r.page_read([x[0] for x in rows], total, [x[2] for x in rows],
+                                 server.now)
+        assert outcome is not Outcome.LATER
+    assert r.rereads >= 1 and r.progress.cursor == server.now
+
+
+def test_a_row_entering_keeps_an_open_read_out_of_the_union() -> None:
+    policy = Policy(per_page=3, window_rows=100, margin_ms=1, max_reads=8)
+    r = WindowRead(start(Progress(cursor=1000), 9000, policy), False, policy)
+    r.page_read(["1", "2", "3"], 5, [5000] * 3, 9000)
+    assert r.page_read(["4"], 5, [5000], 9000)[0] is Outcome.RETRY   # "5" skipped
+    # Between reads "1" is deleted and "6" created: the count stays 5.
+    r.page_read(["2", "3", "4"], 5, [5000] * 3, 9100)
+    outcome, p = r.page_read(["6"], 5, [9050], 9100)   # "5" skipped again
+    assert outcome is Outcome.RETRY and p.cursor == 1000   # not {1,2,3,4,6} == 5

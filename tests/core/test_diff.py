@@ -71,3 +71,36 @@ def test_changes_rebuild_the_new_record(old: dict, new: dict) -> None:
         else:
             del rebuilt[key]
     assert rebuilt == new
+
+
+def test_a_future_stamp_is_trusted_only_up_to_the_server_now() -> None:
+    """A snapshot stamped an hour after the server's now (a fast app server): a real edit
+    with an older stamp is published; against a snapshot stamped in the past it is a stale
+    copy as before."""
+    from notifier.core.timefmt import parse_ms
+
+    now = parse_ms(str(BASE["updated_at"]))
+    future = {**BASE, "updated_at": "2026-11-27T16:00:00.000+00:00"}
+    edit = {**BASE, "email_address": "real@example.com",
+            "updated_at": "2026-11-27T15:00:00.500+00:00"}
+    change, store = diff(future, edit, server_now=now + 1000)
+    assert change is not None and change.kind == "updated" and store
+    assert change.changes is not None and "email_address" in change.changes
+    assert diff(future, edit) == (None, False)   # no clock known: the old rule
+    stale = {**BASE, "email_address": "old@example.com",
+             "updated_at": "2026-11-27T14:00:00.000+00:00"}
+    assert diff(BASE, stale, server_now=now + 1000) == (None, False)
+
+
+def test_page_diff_applies_seed_mode_and_dedupe_keeps_the_latest() -> None:
+    from notifier.core.diff import dedupe, page_diff
+
+    newer = {**BASE, "email_address": "b@example.com",
+             "updated_at": "2026-11-27T15:00:01.000+00:00"}
+    rows = dedupe([newer, BASE, {**BASE, "id": 2}])
+    assert [r["email_address"] for r in rows] == ["b@example.com", "a@example.com"]
+    seed = page_diff(rows, [BASE, None], emit_created=False, server_now=None)
+    assert seed[0].publish is not None and seed[0].publish.kind == "updated"
+    assert seed[1].publish is None and seed[1].store          # first sight, silently
+    emit = page_diff(rows, [BASE, None], emit_created=True, server_now=None)
+    assert emit[1].publish is not None and emit[1].publish.kind == "created"

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
 
 from notifier.core import resources
+from notifier.core.budget import Budget
 from notifier.dentally.client import USER_AGENT, DentallyClient
+from notifier.dentally.pacer import Pacer
 from notifier.errors import (
     AuthError,
     BadRequest,
@@ -124,12 +127,45 @@ async def test_malformed_pages_name_what_is_wrong(body: object, message: str) ->
         await client(handler).page(resources.get("patients"), page=1, per_page=100)
 
 
-async def test_rate_headers_are_tracked() -> None:
+async def test_rate_headers_are_tracked_and_the_reset_put_on_our_clock() -> None:
+    # Our clock is 100 s behind the server's Date: the reset, an hour after the server's
+    # now, is an hour after ours.
     c = client(lambda r: reply(200, {"user": {"id": 1}}, **{
         "x-ratelimit-limit": "3600", "x-ratelimit-remaining": "3000",
-        "x-ratelimit-reset": "1795795200"}))
+        "x-ratelimit-reset": "1795795200"}), wall=lambda: 1_795_791_500.0)
     await c.user()
-    assert (c.rate.limit, c.rate.remaining, c.rate.reset_at) == (3600, 3000, 1795795200.0)
+    assert (c.rate.limit, c.rate.remaining) == (3600, 3000)
+    assert c.rate.reset_at == pytest.approx(1_795_795_100.0, abs=0.05)
+
+
+HOURLY = {"error": {"type": "invalid_access_error", "message": "Rate limit exceeded"}}
+
+
+@pytest.mark.parametrize("headers", [{}, {"x-ratelimit-remaining": "7"}])
+async def test_the_hourly_caps_403_body_is_rate_limiting(headers: dict[str, str]) -> None:
+    """Never a scope denial (nor a revocation), whatever the other headers say."""
+    c = client(lambda r: reply(403, HOURLY, **headers))
+    with pytest.raises(RateLimited):
+        await c.get("/patients")
+
+
+async def test_with_a_pacer_rate_refusals_are_sent_again_not_raised() -> None:
+    answers = [reply(429, {"error": "slow down"}, **{"retry-after": "0",
+                                                      "x-ratelimit-remaining": "50"}),
+               reply(403, HOURLY, **{"x-ratelimit-remaining": "0"}),
+               reply(200, {"patients": [{"id": 1}], "meta": {"total_count": 1}})]
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.params["page"])
+        return answers.pop(0)
+
+    budget = Budget(share=1000, window=3600, max_rate=100)
+    c = client(handler, pacer=Pacer(budget))
+    page = await c.page(resources.get("patients"), page=3, per_page=100)
+    assert page.rows == [{"id": 1}] and seen == ["3", "3", "3"]
+    assert budget.refusals == {"burst": 1, "hourly": 1} and budget.rate == 50
+    assert budget.used(time.time()) == 3   # every attempt counts against the share
 
 
 async def test_the_hourly_cap_403_body_is_a_rate_limit_whatever_the_headers_say() -> None:
@@ -147,7 +183,7 @@ async def test_the_hourly_cap_403_body_is_a_rate_limit_whatever_the_headers_say(
     c.observer = lambda outcome, *_: told.append(outcome)
     with pytest.raises(RateLimited) as info:
         await c.page(resources.get("patients"), page=1, per_page=100)
-    assert info.value.reset_at == 1_795_795_200.0
+    assert info.value.reset_at == pytest.approx(1_795_795_200.0, abs=0.05)
     assert told == [Outcome.RATE_LIMITED]
 
 

@@ -19,12 +19,13 @@ def write_config(path: Path, *, redis_url: str, prefix: str, stream: str, base_u
                  key: str, practice: str = "main",
                  subscribers: list[dict[str, Any]] | None = None,
                  more_practices: list[dict[str, Any]] | None = None,
-                 metrics_listen: str | None = None,
+                 metrics_listen: str | None = None, practice_lease: float = 1.5,
                  **practice_keys: Any) -> Path:
-    # A one-second rate window with a large share: tests poll far faster than Dentally
-    # allows, and test the budget itself with their own settings.
+    # A one-second rate window with a large share and pace: tests poll far faster than
+    # Dentally allows, and test the budget itself with their own settings.
     keys = {"name": practice, "region": "sandbox", "base_url": base_url, "api_key": key,
-            "poll_interval": 0.2, "rate_window": 1, "max_requests_per_hour": 200_000,
+            "poll_interval": 0.2, "rate_window": 1, "max_requests_per_hour": 360_000,
+            "max_requests_per_second": 100,
             **practice_keys}
     if "api_key_file" in keys or "api_key_env" in keys:
         del keys["api_key"]
@@ -38,11 +39,13 @@ def write_config(path: Path, *, redis_url: str, prefix: str, stream: str, base_u
 
     # A short lease: a daemon killed with -9 hands its practice on within 1.5 s.
     lines = ["[redis]", f"url = {toml(redis_url)}", f"stream = {toml(stream)}",
-             f"prefix = {toml(prefix)}", "practice_lease = 1.5", "", "[[practices]]"]
+             f"prefix = {toml(prefix)}", f"practice_lease = {practice_lease}", "",
+             "[[practices]]"]
     lines += [f"{k} = {toml(v)}" for k, v in keys.items()]
     for more in more_practices or []:
         extra = {"region": "sandbox", "base_url": base_url, "poll_interval": 0.2,
-                 "rate_window": 1, "max_requests_per_hour": 200_000, **more}
+                 "rate_window": 1, "max_requests_per_hour": 360_000,
+                 "max_requests_per_second": 100, **more}
         lines += ["", "[[practices]]"] + [f"{k} = {toml(v)}" for k, v in extra.items()]
     for sub in subscribers or []:
         lines += ["", "[[subscribers]]"] + [f"{k} = {toml(v)}" for k, v in sub.items()]

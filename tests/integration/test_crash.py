@@ -33,8 +33,9 @@ async def test_kill_9_during_backfill_loses_and_duplicates_nothing(
     rng = random.Random(2026)
     seeded = await control.seed("patients", RECORDS, spread_days=400)
     await control.quirks(latency=0.01)
+    # Each restart waits for the killed daemon's lease to expire: keep that short here.
     daemon = daemon_factory(resources=["patients"], initial_sync="emit", per_page=50,
-                            window_rows=1000, overlap=2)
+                            window_rows=1000, overlap=2, practice_lease=0.6)
     untouched = list(seeded)
     rng.shuffle(untouched)
     mutated: set[str] = set()

@@ -31,8 +31,12 @@ async def test_sigterm_during_backfill_and_delivery_loses_nothing(
                            subscribers=[{"name": "crm", "url": rx.url, "secret": SECRET,
                                          "allow_private": True, "start": "beginning",
                                          "max_in_flight": 2}])
-        for _ in range(3):
+        for n in range(1, 4):
             d.start()
+
+            async def started(n: int = n) -> bool:   # a loaded machine imports slowly
+                return d.log.read_text().count('"msg": "started') >= n
+            await wait_until(started, 30, "the daemon's start")
             await anyio.sleep(1.5)
             began = time.monotonic()
             d.signal(signal.SIGTERM)
@@ -85,3 +89,26 @@ async def test_sighup_applies_a_new_config_and_refuses_a_broken_one(
         await wait_until(lambda: count("patient.updated", 1), 20, "polling on the old config")
     log = d.log.read_text()
     assert "reload refused" in log and "practices[0] (main).region" in log
+
+
+async def test_signals_during_start_up_are_acted_on_not_fatal(
+        redis: Redis, ns: Namespace, control: SandboxControl,
+        daemon_factory: Callable[..., Daemon]) -> None:
+    """A reload or a stop sent while the daemon still imports (seconds, on a loaded host)
+    used to meet the default action: killed by SIGHUP (systemd sees a crash) or SIGTERM."""
+    await control.seed("patients", 5)
+    d = daemon_factory(resources=["patients"], initial_sync="emit")
+    d.start()
+    await anyio.sleep(0.1)            # inside the interpreter, before the event loop
+    d.signal(signal.SIGHUP)
+
+    async def published() -> bool:
+        return await redis.xlen(ns.stream) >= 5
+    await wait_until(published, 30, "the sync after an early SIGHUP")
+    assert d.alive()
+    assert "reloaded" in d.log.read_text()      # the early SIGHUP was a reload
+    assert d.stop() == 0
+    d.start()
+    await anyio.sleep(0.1)
+    d.signal(signal.SIGTERM)
+    assert d.proc is not None and d.proc.wait(30) == 0

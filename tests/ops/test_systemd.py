@@ -48,7 +48,7 @@ async def test_daemon_speaks_the_notify_protocol(
     d.start(NOTIFY_SOCKET=path, WATCHDOG_USEC="400000")
     messages = await anyio.to_thread.run_sync(drain, sock, 4.0)
     ready = [m for m in messages if "READY=1" in m]
-    assert len(ready) == 1 and "STATUS=1 practices, 0 subscribers, lag 0" in ready[0]
+    assert len(ready) == 1 and "STATUS=1 practice, 0 subscribers, lag 0" in ready[0]
     assert messages.index(ready[0]) < messages.index("WATCHDOG=1")
     assert messages.count("WATCHDOG=1") >= 5   # every 0.2 s while all is well
     d.signal(signal.SIGTERM)

@@ -279,3 +279,20 @@ async def test_a_sweep_that_would_delete_too_much_fails_closed_until_accepted(
     assert json.loads(run_cli("status", "--json", "--config", str(cfg)).stdout)[
         "practices"][0]["resources"][0]["deletions_held"] is None
     await poller.client.aclose()
+
+
+async def test_records_a_sweep_refinds_count_in_the_events_metric(
+        store: Store, sandbox: SandboxThread, control: SandboxControl) -> None:
+    """Item 7: a payment moved out of the dated listing (back-dated) and edited is not
+    listed by the sweep; fetched on its own, its change is published and counted like
+    any other event."""
+    ids = await control.seed("payments", 5)
+    poller = make_poller(store, sandbox, resource="payments", initial_sync="seed")
+    counted: list[str] = []
+    poller.on_events = lambda events: counted.extend(e.type for e in events)
+    assert await poller.poll_once() == 0
+    await control.update("payments", ids[0], dated_on="2020-01-01", amount="1.0")
+    assert await poller.reconcile() == (0, 1)
+    (event,) = await stream_events(store.redis, store.stream)
+    assert event["type"] == "payment.updated" and counted == ["payment.updated"]
+    await poller.client.aclose()

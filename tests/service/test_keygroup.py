@@ -6,7 +6,7 @@ from notifier.config import PracticeConfig
 from notifier.core import keylife as kl
 from notifier.core.budget import Budget
 from notifier.service.keygroup import KeyHub
-from notifier.service.practice import budget_for
+from notifier.service.pacing import effective_interval, pacer_for, plan_for
 
 T0 = 1_800_000_000.0
 
@@ -30,17 +30,32 @@ def cfg(name: str, key: str, share: int = 1800) -> PracticeConfig:
 
 def test_practices_with_one_key_get_one_group_and_the_smallest_share() -> None:
     cfgs = [cfg("a", "k1", 1800), cfg("b", "k1", 900), cfg("c", "k2")]
-    hub = KeyHub(cfgs, budget_for)
+    hub = KeyHub(cfgs, pacer_for, plan_for)
     fp1, fp2 = kl.fingerprint("k1"), kl.fingerprint("k2")
     ga, gb, gc = hub.group(fp1, cfgs[0]), hub.group(fp1, cfgs[1]), hub.group(fp2, cfgs[2])
     assert ga is gb and ga is not gc
     assert isinstance(ga.budget, Budget) and ga.budget.share == 900
     assert ga.practices == ["a", "b"] and gc.practices == ["c"]
+    assert ga.pacer is gb.pacer   # one pace, one queue for every request with the key
+
+
+def test_a_groups_poll_plan_counts_every_practice_on_the_key() -> None:
+    one = PracticeConfig(name="a", api_key="k1", resources=["patients", "appointments"],
+                         poll_interval=10, max_requests_per_hour=720)
+    two = one.model_copy(update={"name": "b"})
+    hub = KeyHub([one, two], pacer_for, plan_for)
+    group = hub.group(kl.fingerprint("k1"), one)
+    # 4 polls every 10 s need 1,440 an hour; the key's share is 720: every 20 s instead.
+    assert group.plan.need_per_hour == 1440
+    assert effective_interval(group.plan, one, "patients") == 20
+    assert effective_interval(group.plan, two, "appointments") == 20
+    assert "a/patients, a/appointments, b/patients, b/appointments every 10 s" in \
+        group.plan.message()
 
 
 def test_one_probe_for_the_group_and_every_member_pauses_resumes_and_publishes() -> None:
     cfgs = [cfg("a", "k1"), cfg("b", "k1")]
-    hub = KeyHub(cfgs, budget_for)
+    hub = KeyHub(cfgs, pacer_for, plan_for)
     group = hub.group(kl.fingerprint("k1"), cfgs[0])
     a, b = FakeRunner(cfgs[0]), FakeRunner(cfgs[1])
     group.join(a, {}, T0)
@@ -57,7 +72,7 @@ def test_one_probe_for_the_group_and_every_member_pauses_resumes_and_publishes()
 
 def test_a_leader_that_leaves_mid_probe_hands_the_probe_on() -> None:
     cfgs = [cfg("a", "k1"), cfg("b", "k1")]
-    hub = KeyHub(cfgs, budget_for)
+    hub = KeyHub(cfgs, pacer_for, plan_for)
     group = hub.group(kl.fingerprint("k1"), cfgs[0])
     a, b = FakeRunner(cfgs[0]), FakeRunner(cfgs[1])
     group.join(a, {}, T0)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 
+import httpx
 import pytest
 
 from notifier.core import resources
+from notifier.core.budget import Budget
 from notifier.core.cursor import Policy
 from notifier.dentally.client import DentallyClient
+from notifier.dentally.pacer import Pacer
 from notifier.sandbox.control import SandboxControl
 from notifier.sandbox.server import SandboxThread
 from notifier.service.poller import ResourcePoller
@@ -93,3 +96,41 @@ async def test_first_sync_records_its_progress_for_status(
     assert _backfill(half, began + 100, 1800, 100)["eta_seconds"] == 100
     assert _backfill(half, began + 100, 36, 100)["eta_seconds"] == 225
     await poller.client.aclose()
+
+
+class Recording(httpx.AsyncBaseTransport):
+    """The real transport to the sandbox, noting each (page, status)."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.AsyncHTTPTransport()
+        self.seen: list[tuple[int, int]] = []
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        if request.url.path.startswith("/v1/patients"):
+            self.seen.append((int(request.url.params.get("page", "1")), response.status_code))
+        return response
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_a_429_resumes_the_window_at_the_page_it_reached(
+        store: Store, sandbox: SandboxThread, control: SandboxControl) -> None:
+    """Issue 9: a 429 restarted the window from page 1 at full speed, again and again, and
+    later pages were never read. Paced too fast for a burst limit of 3/s, every page is
+    read once, in order, the refused ones sent again in place."""
+    await control.seed("patients", 300, spread_days=30)
+    await control.quirks(burst_limit=3)
+    transport = Recording()
+    client = DentallyClient(sandbox.url, sandbox.key or "", transport=transport,
+                            pacer=Pacer(Budget(share=10_000, window=3600, max_rate=50)))
+    poller = ResourcePoller(store, client, "main", resources.get("patients"),
+                            Policy(per_page=50), initial_sync="emit")
+    assert await poller.poll_once() == 300
+    refused = [p for p, s in transport.seen if s == 429]
+    read = [p for p, s in transport.seen if s == 200]
+    assert refused, transport.seen          # the burst limit was hit
+    assert read == list(range(1, 8)), transport.seen   # 6 full pages and the empty 7th
+    assert client.pacer is not None and client.pacer.budget.rate < 50   # and slowed down
+    await client.aclose()
