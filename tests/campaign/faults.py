@@ -177,8 +177,8 @@ def all_faults() -> list[Fault]:
         _quirk("dentally.413", "deep_page_limit", lambda c, r: c.per_page * r.randint(1, 3),
                (2, 6)),
         _quirk("dentally.date_blip", "date_offsets",
-               lambda c, r: [r.choice([-1, 1]) * r.randint(30_000, 3_600_000)
-                             for _ in range(r.randint(1, 2))], (0.5, 2),
+               lambda c, r: [r.choice([-1, 1, 1]) * r.randint(30_000, 3_600_000)
+                             for _ in range(r.randint(1, 3))], (0.5, 2),
                needs="date_offsets"),
         _quirk("dentally.future_stamps", "write_skew_ms",
                lambda c, r: r.randint(500, 5_000), (1, 4), needs="write_skew_ms"),

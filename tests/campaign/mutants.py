@@ -43,11 +43,16 @@ MUTANTS = [
            "if redis.call('HGET', KEYS[1], 'token') == ARGV[1] then return 0 end\n", "",
            frozenset({"redis.replayed_command", "dentally.shared_updated_at"})),
     Mutant("clean-read", "notifier/core/cursor.py",
-           "        if total_count is None or len(self.seen) == total_count:\n"
-           "            return self._done()\n"
-           "        return self._dirty()\n",
-           "        return self._done()\n",
+           "        if len(self.seen) == total_count and not self._entered:\n"
+           "            return self._done(now)\n"
+           "        return self._dirty(now, steady=True)\n",
+           "        return self._done(now)\n",
            frozenset({"dentally.unstable", "dentally.churn"}), rate=0.5, poll_interval=2.5),
+    Mutant("date-outlier-guard", "notifier/core/clock.py",
+           "        ordered = sorted(s for s, _ in self._samples)\n",
+           "        self._offset = sample  # every sample believed at once\n"
+           "        return\n",
+           frozenset({"dentally.date_blip", "dentally.churn"}), rate=0.4),
     Mutant("ack-before-2xx", "notifier/service/delivery.py",
            '        if outcome == "delivered":\n', '        if True:\n',
            frozenset({"subscriber.failing", "subscriber.hanging", "subscriber.gone_410"})),
@@ -71,28 +76,42 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=30.0)
     p.add_argument("--all-faults", action="store_true",
                    help="every fault, not only those that expose the mutant")
+    p.add_argument("--control", action="store_true",
+                   help="also run each mutant's configuration on the real code: it must pass")
     a = p.parse_args(argv)
-    alive = []
+    alive, failed_controls = [], []
     for m in MUTANTS:
         if a.names and m.name not in a.names:
             continue
-        with tempfile.TemporaryDirectory(prefix=f"mutant-{m.name}-") as tmp:
-            path = build(m, Path(tmp))
-            only = None if a.all_faults or not m.only else set(m.only)
-            opts = Options(a.seed, a.seconds, only=only,
-                           daemon_path=str(path), quiet=True, rate=m.rate,
-                           baseline_unstable=m.baseline_unstable,
-                           poll_interval=m.poll_interval)
-            if only is not None:
-                opts.disabled = set()
-            result = anyio.run(campaign, opts)
-        kinds = Counter(v.check for v in result.violations)
-        verdict = "KILLED" if result.violations else "SURVIVED"
-        print(f"mutant {m.name} (seed {a.seed}): {verdict} {dict(kinds)}")
-        for v in result.violations[:3]:
-            print("  " + v.render(result.evidence.started).replace("\n", "\n  "))
-        if not result.violations:
-            alive.append(m.name)
+        for mutated in (True, False) if a.control else (True,):
+            with tempfile.TemporaryDirectory(prefix=f"mutant-{m.name}-") as tmp:
+                path = str(build(m, Path(tmp))) if mutated else None
+                only = None if a.all_faults or not m.only else set(m.only)
+                opts = Options(a.seed, a.seconds, only=only, daemon_path=path, quiet=True,
+                               rate=m.rate, baseline_unstable=m.baseline_unstable,
+                               poll_interval=m.poll_interval)
+                if only is not None:
+                    opts.disabled = set()
+                result = anyio.run(campaign, opts)
+            kinds = dict(Counter(v.check for v in result.violations))
+            faults = dict(Counter(f.kind for f in result.evidence.faults))
+            if mutated:
+                verdict = "KILLED" if result.violations else "SURVIVED"
+                print(f"mutant {m.name} (seed {a.seed}): {verdict} {kinds}; faults {faults}")
+                for v in result.violations[:3]:
+                    print("  " + v.render(result.evidence.started).replace("\n", "\n  "))
+                if not result.violations:
+                    alive.append(m.name)
+            else:
+                print(f"control {m.name} (seed {a.seed}, real code): "
+                      f"{'FAILED' if result.violations else 'passed'} {kinds}")
+                for v in result.violations[:3]:
+                    print("  " + v.render(result.evidence.started).replace("\n", "\n  "))
+                if result.violations:
+                    failed_controls.append(m.name)
+        sys.stdout.flush()
+    if failed_controls:
+        return 2
     return 1 if alive else 0
 
 
