@@ -152,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "check":
             settings = _load(args.config)
             from notifier.service import check
-            ok = anyio.run(check.run, settings, sys.stdout, args.send_test)
+            ok = anyio.run(check.run, settings, safe(sys.stdout), args.send_test)
             return EXIT_OK if ok else EXIT_CHECK
         if args.command == "status":
             settings = _load(args.config, **_REDIS_ONLY)
@@ -177,17 +177,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings = _load(args.config, **_REDIS_ONLY)
             from notifier.service import admin
             ok = anyio.run(partial(admin.reconcile, settings, args.practice, args.resource,
-                                   sys.stdout, accept=args.accept))
+                                   safe(sys.stdout), accept=args.accept))
             return EXIT_OK if ok else EXIT_CHECK
         if args.command == "subscriber":
             settings = _load(args.config, **_REDIS_ONLY)
             from notifier.service import admin
-            anyio.run(admin.enable, settings, args.subscriber, sys.stdout)
+            anyio.run(admin.enable, settings, args.subscriber, safe(sys.stdout))
             return EXIT_OK
         if args.command == "key":
             settings = _load(args.config, **_REDIS_ONLY)
             from notifier.service import keycmd
-            ok = anyio.run(keycmd.retry, settings, args.practice, sys.stdout)
+            ok = anyio.run(keycmd.retry, settings, args.practice, safe(sys.stdout))
             return EXIT_OK if ok else EXIT_CHECK
         if args.command == "demo":
             from notifier import demo

@@ -116,3 +116,16 @@ def test_sandbox_edits_look_like_real_edits_and_payments_are_positive() -> None:
             assert changed and "metadata" not in changed, (resource, changed)
     for _ in range(50):
         assert float(sb.create("payments")["amount"]) > 0
+
+
+async def test_status_escapes_control_characters_from_outside(
+        redis: Redis, ns: Namespace, daemon_factory: Callable[..., Daemon]) -> None:
+    """A last error carries text from Dentally or a subscriber: an escape sequence in it
+    must reach the operator's terminal as text, not as a command to the terminal."""
+    daemon = daemon_factory(resources=["patients"])
+    await redis.hset(f"{ns.prefix}:{{main}}:cursor:patients",
+                     mapping={"last_error": "bad name \x1b]0;pwned\x07\x1b[2J"})
+    done = run_cli("status", "--config", str(daemon.config))
+    assert done.returncode == 0, done.stderr
+    assert "\x1b" not in done.stdout and "\x07" not in done.stdout
+    assert "bad name \\x1b]0;pwned\\x07\\x1b[2J" in done.stdout

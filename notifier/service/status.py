@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 from notifier.config import Settings
 from notifier.core.text import plural
 from notifier.core.timefmt import format_ms
+from notifier.ops.text import safe
 from notifier.service.retention import parse_id
 from notifier.store.connection import connect
 from notifier.store.delivery import DeliveryStore
@@ -314,4 +315,4 @@ async def run(settings: Settings, out: TextIO, as_json: bool) -> None:
     if as_json:
         print(json.dumps(data, indent=2, default=str), file=out)
     else:
-        render(data, out)
+        render(data, safe(out))   # last errors and names come from outside
