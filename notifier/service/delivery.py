@@ -375,6 +375,12 @@ class SubscriberWorker:
                   "it back on", reason, self.sub.name, extra=self._extra)
 
 
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first leaf of (nested) exception groups."""
+    first = group.exceptions[0]
+    return _first(first) if isinstance(first, BaseExceptionGroup) else first
+
+
 async def supervise(worker_factory: Callable[[], SubscriberWorker], name: str) -> None:
     """Run one subscriber's worker for ever, restarting it on errors, so that one
     subscriber's trouble never stops the daemon or another subscriber. After a Redis
@@ -392,6 +398,10 @@ async def supervise(worker_factory: Callable[[], SubscriberWorker], name: str) -
             try:
                 await worker.run()
             except BaseExceptionGroup as group:
+                redis_failed, other = group.split(RedisError)
+                if redis_failed is not None and other is None:
+                    # Several tasks met the same outage at once: still a Redis failure.
+                    raise _first(redis_failed) from None
                 raise sole(group) from None
         except RedisError as exc:
             log.warning("delivery paused: Redis failed (%s: %s)", type(exc).__name__, exc,
