@@ -328,13 +328,15 @@ class ResourcePoller:
                     tg.start_soon(ahead.run, self._fetcher(*ahead.key, reader.bounded))
                 rows = dedupe(page.rows)
                 if sweep is not None:
-                    sweep.update(str(r["id"]) for r in rows)
+                    ids = [str(r["id"]) for r in rows]
+                    sweep.update(ids)
+                    await store.sweep_saw(self.practice, name, ids)
                     emit_created = True
                 events = await self._commit_page(
                     [dict(r) for r in rows], emit_created=emit_created,
                     progress=new_progress if persist else None,
                     status=self._progress_status(whole, page) if persist
-                    else {"last_page_at": str(self._wall())})
+                    else {"last_page_at": str(self._wall()), **store.sweep_fields(new_progress)})
                 published += len(events)
                 if self.heartbeat is not None:
                     self.heartbeat()
@@ -365,10 +367,11 @@ class ResourcePoller:
             await self.store.note(self.practice, self.resource.name, **fields)
 
     async def sweep_requested(self) -> bool:
-        """Whether ``dentally-notifier reconcile`` asked for a sweep of this resource."""
-        raw = await self.store.redis.hget(
-            self.store.keys.cursor(self.practice, self.resource.name), "reconcile_due")
-        return bool(raw)
+        """Whether ``dentally-notifier reconcile`` asked for a sweep of this resource, or
+        one is in progress (a restarted daemon continues it at once)."""
+        raw = await self.store.redis.hmget(
+            self.store.keys.cursor(self.practice, self.resource.name), ["reconcile_due", "sweep"])
+        return any(raw)
 
     async def reconcile(self) -> tuple[int, int]:
         """A full sweep: every id Dentally lists, against every id we hold.
@@ -380,11 +383,27 @@ class ResourcePoller:
         incremental polls missed are published too. If the deletions confirmed exceed
         ``max_delete_fraction`` of the records held, none is published until a person
         accepts them (:mod:`notifier.core.reconcile`). Returns (deleted, other events).
+
+        Its progress survives a restart (:meth:`Store.sweep_state`): a sweep in progress
+        continues from the window it was reading with the ids it saw, so that frequent
+        restarts cannot keep a large table's sweep from ever finishing.
         """
         store, name = self.store, self.resource.name
-        progress = cursor.start(cursor.Progress(synced=True), await self._server_now(),
-                                self.policy)
-        seen: set[str] = set()
+        saved = await store.sweep_state(self.practice, name)
+        if saved is None:
+            progress = cursor.start(cursor.Progress(synced=True), await self._server_now(),
+                                    self.policy)
+            seen: set[str] = set()
+            await store.note(self.practice, name,
+                             **store.sweep_fields(progress))
+        else:
+            # Windows left: the current one again from its first page (the clean-read
+            # check needs one process's read of it); none: only the ids it missed are left.
+            progress, seen = saved
+            if progress.windows:
+                progress = cursor.start(progress, 0, self.policy)
+            log.info("continuing a sweep: %d window(s) left, %d ids seen", len(progress.windows),
+                     len(seen), extra=self._extra)
         reader = cursor.WindowRead(progress, self.closed, self.policy, sweep=True)
         try:
             published = await self._read_windows(reader, sweep=seen)
@@ -414,6 +433,7 @@ class ResourcePoller:
             await self._hold(counts)
         await store.note(self.practice, name, last_reconcile_at=str(self._wall()),
                          reconcile_due="")
+        await store.sweep_done(self.practice, name)
         if deleted or missing:
             log.info("reconciliation: %d deleted, %d skipped rows found", deleted,
                      len(missing) - len(gone), extra=self._extra)

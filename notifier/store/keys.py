@@ -8,6 +8,7 @@ slot. The event stream's name is configured on its own (``[redis] stream``).
     <prefix>:{<practice>}:cursor:<resource>   hash   cursor, pending windows, last poll/error
     <prefix>:{<practice>}:snap:<resource>     hash   record id -> compressed snapshot
     <prefix>:{<practice>}:zdict:<resource>    string compression dictionary of the snapshots
+    <prefix>:{<practice>}:sweep:<resource>    set    ids a reconciliation sweep in progress saw
     <prefix>:{<practice>}:lock                string the practice lease: "<epoch>:<holder>" (PX)
     <prefix>:{<practice>}:epoch               string the lease's fencing epoch (INCR)
     <prefix>:{<practice>}:key_retry           string an operator's "probe the key now"
@@ -44,6 +45,11 @@ class Keys:
 
     def zdict(self, practice: str, resource: str) -> str:
         return f"{self._p(practice)}:zdict:{resource}"
+
+    def sweep(self, practice: str, resource: str) -> str:
+        """The ids seen so far by the sweep in progress (its windows are the cursor hash's
+        ``sweep`` field), so that a restarted daemon continues the sweep."""
+        return f"{self._p(practice)}:sweep:{resource}"
 
     def key_state(self, practice: str) -> str:
         return f"{self._p(practice)}:key"

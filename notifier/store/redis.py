@@ -247,6 +247,50 @@ class Store:
                                     args=[dedupe_seconds, *stream_args(event)])
         return added is not None
 
+    # -- a reconciliation sweep's progress, kept across restarts ---------------------------
+    # A sweep of a large table takes many pages; a daemon restarted before the end (a deploy,
+    # a crash, a kill) would otherwise start over, and under frequent restarts no sweep would
+    # ever finish: no deletion found, no skipped row repaired. Its windows go with each page's
+    # commit (the cursor hash's ``sweep`` field) and the ids it saw into a set.
+    SWEEP_TTL = 30 * 86400
+    """Seconds the seen ids outlive their last page (a sweep abandoned for good, say a
+    resource removed from the configuration, does not hold memory for ever)."""
+
+    @staticmethod
+    def sweep_fields(progress: Progress) -> dict[str, str]:
+        """The cursor hash field that records a sweep's windows, for a page's commit."""
+        return {"sweep": json.dumps(progress_fields(progress))}
+
+    async def sweep_state(self, practice: str, resource: str) -> tuple[Progress, set[str]] | None:
+        """The sweep in progress (its windows and the ids it saw), or None."""
+        raw: Any = await self.redis.hget(self.keys.cursor(practice, resource), "sweep")
+        if not raw:
+            return None
+        try:
+            fields = json.loads(raw)
+            progress = parse_progress({k.encode(): str(v).encode() for k, v in fields.items()})
+        except (ValueError, AttributeError, StoreError):
+            return None   # unreadable: the sweep starts over, which is always correct
+        seen = {m.decode() if isinstance(m, bytes) else str(m) async for m in
+                self.redis.sscan_iter(self.keys.sweep(practice, resource), count=1000)}
+        return progress, seen
+
+    async def sweep_saw(self, practice: str, resource: str, ids: Sequence[str]) -> None:
+        """Add ids a sweep read (before the page's commit records its windows)."""
+        if ids:
+            key = self.keys.sweep(practice, resource)
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.sadd(key, *ids)
+                pipe.expire(key, self.SWEEP_TTL)
+                await pipe.execute()
+
+    async def sweep_done(self, practice: str, resource: str) -> None:
+        """Forget a finished sweep: the next one starts from the beginning."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hdel(self.keys.cursor(practice, resource), "sweep")
+            pipe.delete(self.keys.sweep(practice, resource))
+            await pipe.execute()
+
     async def note(self, practice: str, resource: str, **fields: str) -> None:
         """Status fields outside a commit (last poll time, last error)."""
         mapping: dict[Any, Any] = dict(fields)

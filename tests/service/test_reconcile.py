@@ -71,3 +71,48 @@ async def test_unstable_pages_and_413_backfill_publish_one_event_per_record(
     assert Counter(e["type"] for e in events) == {"patient.created": 10_000}
     assert {e["data"]["record_id"] for e in events} == set(ids)
     await poller.client.aclose()
+
+
+class _Killed(Exception):
+    """The daemon stopped mid-sweep (a deploy, a crash)."""
+
+
+async def test_a_sweep_interrupted_by_a_restart_continues_where_it_was(
+        store: Store, sandbox: SandboxThread, control: SandboxControl) -> None:
+    """Found by the fault campaign's soak: with the daemon restarted every few seconds, a
+    sweep that started over each time never finished, so no deletion was ever published."""
+    ids = await control.seed("patients", 600, spread_days=30)
+    policy = {"per_page": 50, "window_rows": 100}
+    first = make_poller(store, sandbox, initial_sync="seed", **policy)
+    await first.poll_once()
+    await control.delete("patients", ids[5])      # in the sweep's first windows
+    await control.delete("patients", ids[590])    # in its last ones
+    pages = 0
+
+    def beat() -> None:
+        nonlocal pages
+        pages += 1
+        if pages == 40:
+            raise _Killed
+
+    first.heartbeat = beat
+    try:
+        await first.reconcile()
+    except* _Killed:
+        pass
+    assert await stream_events(store.redis, store.stream) == []
+    assert await store.redis.scard(store.keys.sweep("main", "patients")) >= 200
+    # A new process: the sweep is due at once and goes on from the window it was reading.
+    second = make_poller(store, sandbox, initial_sync="seed", **policy)
+    assert await second.sweep_requested()
+    assert await second.reconcile() == (2, 0)
+    events = await stream_events(store.redis, store.stream)
+    assert sorted(e["data"]["record_id"] for e in events) == sorted([ids[5], ids[590]])
+    full = make_poller(store, sandbox, initial_sync="seed", **policy)
+    assert await full.reconcile() == (0, 0)
+    assert second.pages <= full.pages - 20, (second.pages, full.pages)
+    # Finished: nothing left over, the next sweep starts from the beginning.
+    assert not await full.sweep_requested()
+    assert not await store.redis.exists(store.keys.sweep("main", "patients"))
+    for p in (first, second, full):
+        await p.client.aclose()
