@@ -92,6 +92,8 @@ class Daemon:
         self.practices: dict[str, tuple[PracticeConfig, PracticeRunner, anyio.CancelScope]] = {}
         self.subscribers: dict[str, tuple[SubscriberConfig, SubscriberWorker,
                                           anyio.CancelScope]] = {}
+        self._stopped: dict[str, anyio.Event] = {}
+        """Per subscriber: set once its current worker's task has ended."""
         self._tg: anyio.abc.TaskGroup | None = None
 
     @property
@@ -118,15 +120,33 @@ class Daemon:
         self.practices[cfg.name] = (cfg, runner, scope)
         self._tg.start_soon(self._scoped, scope, runner.run)
 
-    def _start_subscriber(self, cfg: SubscriberConfig) -> None:
+    def _start_subscriber(self, cfg: SubscriberConfig, after: anyio.Event | None = None
+                          ) -> None:
+        """Start a subscriber's worker; ``after``: when the worker it replaces (a reload)
+        has stopped. Not before: the old worker's last read may have put events in the
+        group's pending list after the new one scanned it (a cancelled read whose reply was
+        already on its way), and the new one reads only new events after its scan, so those
+        would wait, never attempted, until the next restart (the campaign's seed 202)."""
         assert self._tg is not None
         make = partial(SubscriberWorker, self.redis, self.keys, self.store, cfg,
                        health=self.health, metrics=self.metrics)
         first = make()
         scope = anyio.CancelScope()
+        done = anyio.Event()
         self.subscribers[cfg.name] = (cfg, first, scope)
-        self._tg.start_soon(self._scoped, scope,
+        self._stopped[cfg.name] = done
+        self._tg.start_soon(self._run_subscriber, scope, after, done,
                             partial(supervise, _reuse_first(first, make), cfg.name))
+
+    async def _run_subscriber(self, scope: anyio.CancelScope, after: anyio.Event | None,
+                              done: anyio.Event, fn: Callable[[], Awaitable[None]]) -> None:
+        try:
+            with scope:
+                if after is not None:
+                    await after.wait()
+                await fn()
+        finally:
+            done.set()
 
     async def run(self, handle_signals: bool, store_warnings: bool = True) -> None:
         if store_warnings:
@@ -227,7 +247,7 @@ class Daemon:
                 del self.subscribers[name]
         for name, sub in new_s.items():
             if name not in self.subscribers:
-                self._start_subscriber(sub)
+                self._start_subscriber(sub, after=self._stopped.get(name))
         self.settings = new
         log.info("reloaded: practices %s, subscribers %s",
                  _changes(old_p, new_p), _changes(old_s, new_s))

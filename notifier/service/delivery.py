@@ -115,6 +115,7 @@ class SubscriberWorker:
         elif created == "recreated":
             await self._report_group_lost(now)
         self.disabled = await self.db.is_disabled()
+        await self._flush()   # a failed worker's acks first (see adopt)
         try:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_state)
@@ -137,14 +138,33 @@ class SubscriberWorker:
             await self._flush()
 
     async def _flush(self) -> None:
+        """Write the queued acks and attempt records. If Redis fails, they stay queued
+        (the flush is idempotent): the supervisor hands them to the next worker, which
+        writes them before it reads the pending list, so that an outage during a flush
+        never sends a delivered event again (the campaign's seed 4, ``redis.down``)."""
         self._flush_due = anyio.Event()
         acks, logs = self._acks, self._logs
         if not acks and not logs:
             return
         self._acks, self._logs = [], []
-        async with self._due_lock:  # the retrier reads due retries under this lock
-            await self.db.flush(acks, logs, self._wall())
-            self.owned.difference_update(acks)
+        try:
+            async with self._due_lock:  # the retrier reads due retries under this lock
+                await self.db.flush(acks, logs, self._wall())
+        except BaseException:
+            self._acks[:0], self._logs[:0] = acks, logs
+            raise
+        self.owned.difference_update(acks)
+
+    def unflushed(self) -> tuple[list[str], list[str]]:
+        """Acks and attempt records not yet in Redis (for the worker that replaces this
+        one after a Redis failure)."""
+        return list(self._acks), list(self._logs)
+
+    def adopt(self, acks: list[str], logs: list[str]) -> None:
+        """Take over a failed worker's unwritten acks: written before the pending list is
+        read, and owned until then (never sent again)."""
+        self._acks[:0], self._logs[:0] = acks, logs
+        self.owned.update(acks)
 
     def _queue(self, ack: str | None, record: dict[str, Any]) -> None:
         if ack is not None:
@@ -391,10 +411,13 @@ async def supervise(worker_factory: Callable[[], SubscriberWorker], name: str) -
 
     attempt = 0
     extra = {"subscriber": name}
+    carried: tuple[list[str], list[str]] = ([], [])
     while True:
         worker: SubscriberWorker | None = None
         try:
             worker = worker_factory()
+            worker.adopt(*carried)
+            carried = ([], [])
             try:
                 await worker.run()
             except BaseExceptionGroup as group:
@@ -406,11 +429,15 @@ async def supervise(worker_factory: Callable[[], SubscriberWorker], name: str) -
         except RedisError as exc:
             log.warning("delivery paused: Redis failed (%s: %s)", type(exc).__name__, exc,
                         extra=extra)
+            if worker is not None:
+                carried = worker.unflushed()
             if worker is None:
                 await anyio.sleep(REDIS_RETRY_CAP)
             else:
                 await wait_for(worker.db.redis, "delivery", extra, alive=worker.alive)
         except Exception as exc:  # isolation: one subscriber never stops the daemon
+            if worker is not None:
+                carried = worker.unflushed()
             delay = backoff(attempt, cap=60)
             attempt += 1
             log.error("delivery stopped (%s: %s); restarting in %.1fs", type(exc).__name__,

@@ -85,6 +85,15 @@ class Options:
     poll_interval: float = 1.0
     records: int = 120
     quiet: bool = False
+    daemon_gap: float = 0.0
+    """Seconds at least between the end of one daemon fault (kill, SIGTERM, reload) and
+    the start of the next. A soak models a daemon restarted now and then (a deploy, a crash:
+    one every half minute or more is already far more than production sees), not a daemon
+    that never runs long enough to finish a sweep."""
+    max_rows: int = 0
+    """Live rows per resource beyond which the workload deletes as often as it creates
+    (0: no bound). A long run's tables must not grow without end: a sweep's length, and so
+    the quiet phase the check needs, grows with them."""
 
 
 @dataclass
@@ -152,8 +161,9 @@ class Workload:
     """Creates, updates and deletes records in the sandbox at a steady pace; faults switch
     on rows sharing one ``updated_at`` and bursts of deletes and creates."""
 
-    def __init__(self, control: SandboxControl, rng: random.Random) -> None:
+    def __init__(self, control: SandboxControl, rng: random.Random, max_rows: int = 0) -> None:
         self.control, self.rng = control, rng
+        self.max_rows = max_rows
         self.live: dict[str, list[str]] = {r: [] for r in RESOURCES}
         self.shared = False
         self.churn = False
@@ -183,6 +193,8 @@ class Workload:
                 ids.append(str((await c.create(resource))["id"]))
             return
         roll = rng.random()
+        if self.max_rows and len(ids) >= self.max_rows and 0.04 <= roll < 0.2:
+            roll += 0.12   # at the bound: creations become deletions (0.16-0.28)
         if roll < 0.04 and len(ids) > 20:
             # A busy moment (a batch edit): more rows in one poll's window than one page.
             await c.mutate(resource, ids=rng.sample(ids, rng.randint(8, 20)))
@@ -239,6 +251,7 @@ class Campaign:
         self.daemon_lock = anyio.Lock()
         self.synced_at: dict[str, float] = {}
         self.started = time.time()
+        self._daemon_fault_end = 0.0
 
     # -- the parts ------------------------------------------------------------------------
     def log(self, msg: str) -> None:
@@ -358,7 +371,9 @@ class Campaign:
         async with anyio.create_task_group() as tg:
             while time.time() < until:
                 await anyio.sleep(self.rng.expovariate(self.opts.rate))
-                free = [f for f in faults if f.group not in active]
+                resting = time.time() - self._daemon_fault_end < self.opts.daemon_gap
+                free = [f for f in faults if f.group not in active
+                        and not (resting and f.group == "daemon")]
                 if not free or time.time() >= until:
                     continue
                 fault = self.rng.choices(free, [f.weight for f in free])[0]
@@ -387,6 +402,8 @@ class Campaign:
                         "harness", fault.kind, f"could not undo: {exc!r}", time.time()))
                 self.faults.append(checker.FaultRecord(fault.kind, start, time.time(),
                                                        detail))
+                if fault.group == "daemon":
+                    self._daemon_fault_end = time.time()
                 active.pop(fault.group, None)
 
     async def watch_sync(self) -> None:
@@ -516,7 +533,8 @@ class Campaign:
         self.log(f"seed {opts.seed}: {len(faults)} kinds of fault for {opts.seconds:.0f}s: "
                  + ", ".join(f.kind for f in faults))
         await self.daemon_start()
-        workload = Workload(SandboxControl(self.sandbox.url), random.Random(opts.seed + 1))
+        workload = Workload(SandboxControl(self.sandbox.url), random.Random(opts.seed + 1),
+                            opts.max_rows)
         self.workload = workload
         until = time.time() + opts.seconds
         async with anyio.create_task_group() as tg:
@@ -590,8 +608,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=0.8, help="faults per second")
     p.add_argument("--daemon-path", default=None,
                    help="PYTHONPATH for the daemon (to run a mutated copy)")
+    p.add_argument("--daemon-gap", type=float, default=None,
+                   help="seconds at least between daemon faults (default: 30 for a run of "
+                        "5 minutes or more, else 0)")
+    p.add_argument("--max-rows", type=int, default=None,
+                   help="live rows per resource the workload stops growing at (default: "
+                        "300 for a run of 5 minutes or more, else no bound)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
+    long = a.minutes >= 5
     seed = a.seed if a.seed is not None else random.SystemRandom().randrange(10**6)
     enable = set(KNOWN_OPEN) if a.enable == "all" else {k for k in a.enable.split(",") if k}
     disabled = {k for k in a.disable.split(",") if k} | (KNOWN_OPEN - enable)
@@ -599,9 +624,12 @@ def main(argv: list[str] | None = None) -> int:
                    {k for k in a.only.split(",") if k} or None,
                    redis_url=os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
                    daemon_path=a.daemon_path, rate=a.rate, quiet=a.quiet,
-                   records=400 if a.minutes >= 5 else 120,
+                   records=400 if long else 120,
                    baseline_unstable=a.baseline_unstable,
-                   skip_checks={k for k in a.skip_check.split(",") if k})
+                   skip_checks={k for k in a.skip_check.split(",") if k},
+                   daemon_gap=a.daemon_gap if a.daemon_gap is not None else 30.0 * long,
+                   max_rows=a.max_rows if a.max_rows is not None else 300 * long,
+                   settle=120.0 if long else 60.0)
     result = anyio.run(campaign, opts)
     print(result.table)
     off = sorted(disabled)
