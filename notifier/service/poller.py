@@ -394,16 +394,17 @@ class ResourcePoller:
             progress = cursor.start(cursor.Progress(synced=True), await self._server_now(),
                                     self.policy)
             seen: set[str] = set()
+            confirmed: set[str] = set()
             await store.note(self.practice, name,
                              **store.sweep_fields(progress))
         else:
             # Windows left: the current one again from its first page (the clean-read
             # check needs one process's read of it); none: only the ids it missed are left.
-            progress, seen = saved
+            progress, seen, confirmed = saved
             if progress.windows:
                 progress = cursor.start(progress, 0, self.policy)
-            log.info("continuing a sweep: %d window(s) left, %d ids seen", len(progress.windows),
-                     len(seen), extra=self._extra)
+            log.info("continuing a sweep: %d window(s) left, %d ids seen, %d confirmed gone",
+                     len(progress.windows), len(seen), len(confirmed), extra=self._extra)
         reader = cursor.WindowRead(progress, self.closed, self.policy, sweep=True)
         try:
             published = await self._read_windows(reader, sweep=seen)
@@ -411,15 +412,21 @@ class ResourcePoller:
             raise sole(group) from None
         held = [rid async for rid in store.held_ids(self.practice, name)]
         missing = [rid for rid in held if rid not in seen]
-        gone: list[str] = []
+        gone = [rid for rid in missing if rid in confirmed]
+        # One request per id: each answer is kept, so that a restart or an error (the loop
+        # tries again soon) does not ask again for the ids already settled.
         for rid in missing:
+            if rid in confirmed:
+                continue
             try:
                 record = await self.client.fetch(self.resource, rid)
             except NotFound:
+                await store.sweep_saw(self.practice, name, [rid], gone=True)
                 gone.append(rid)
                 continue
             events = await self._commit_page([record], emit_created=True, progress=None,
                                              status={})
+            await store.sweep_saw(self.practice, name, [rid])
             published += len(events)
         counts = rules.Deletions(tracked=len(held), missing=len(missing), confirmed=len(gone))
         deleted = 0

@@ -8,7 +8,7 @@ slot. The event stream's name is configured on its own (``[redis] stream``).
     <prefix>:{<practice>}:cursor:<resource>   hash   cursor, pending windows, last poll/error
     <prefix>:{<practice>}:snap:<resource>     hash   record id -> compressed snapshot
     <prefix>:{<practice>}:zdict:<resource>    string compression dictionary of the snapshots
-    <prefix>:{<practice>}:sweep:<resource>    set    ids a reconciliation sweep in progress saw
+    <prefix>:{<practice>}:sweep:<resource>    set    ids the sweep in progress saw (-<id>: gone)
     <prefix>:{<practice>}:lock                string the practice lease: "<epoch>:<holder>" (PX)
     <prefix>:{<practice>}:epoch               string the lease's fencing epoch (INCR)
     <prefix>:{<practice>}:key_retry           string an operator's "probe the key now"

@@ -261,8 +261,10 @@ class Store:
         """The cursor hash field that records a sweep's windows, for a page's commit."""
         return {"sweep": json.dumps(progress_fields(progress))}
 
-    async def sweep_state(self, practice: str, resource: str) -> tuple[Progress, set[str]] | None:
-        """The sweep in progress (its windows and the ids it saw), or None."""
+    async def sweep_state(self, practice: str, resource: str
+                          ) -> tuple[Progress, set[str], set[str]] | None:
+        """The sweep in progress (its windows, the ids it saw, the ids it confirmed
+        gone), or None."""
         raw: Any = await self.redis.hget(self.keys.cursor(practice, resource), "sweep")
         if not raw:
             return None
@@ -271,16 +273,23 @@ class Store:
             progress = parse_progress({k.encode(): str(v).encode() for k, v in fields.items()})
         except (ValueError, AttributeError, StoreError):
             return None   # unreadable: the sweep starts over, which is always correct
-        seen = {m.decode() if isinstance(m, bytes) else str(m) async for m in
-                self.redis.sscan_iter(self.keys.sweep(practice, resource), count=1000)}
-        return progress, seen
+        seen, gone = set(), set()
+        async for m in self.redis.sscan_iter(self.keys.sweep(practice, resource), count=1000):
+            member = m.decode() if isinstance(m, bytes) else str(m)
+            if member.startswith("-"):
+                gone.add(member[1:])
+            else:
+                seen.add(member)
+        return progress, seen, gone
 
-    async def sweep_saw(self, practice: str, resource: str, ids: Sequence[str]) -> None:
-        """Add ids a sweep read (before the page's commit records its windows)."""
+    async def sweep_saw(self, practice: str, resource: str, ids: Sequence[str],
+                        gone: bool = False) -> None:
+        """Add ids a sweep read (before the page's commit records its windows), or, with
+        ``gone``, ids it confirmed deleted (a 404 on their own; stored as ``-<id>``)."""
         if ids:
             key = self.keys.sweep(practice, resource)
             async with self.redis.pipeline(transaction=True) as pipe:
-                pipe.sadd(key, *ids)
+                pipe.sadd(key, *(f"-{i}" if gone else i for i in ids))
                 pipe.expire(key, self.SWEEP_TTL)
                 await pipe.execute()
 
