@@ -8,7 +8,8 @@ again on a new connection, as a retrying client or proxy would: what the commit 
 exists for. ``slow``: the reply to a command containing a marker comes that many seconds
 late (``latency``: every reply). ``down`` (or ``cut()`` / ``restore()``): every open
 connection is cut and new ones are closed at once, until ``down`` is cleared (Redis
-unreachable for a while).
+unreachable for a while); ``down_on(marker, seconds)``: that, just before a command
+reaches Redis.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class RedisProxy:
         self.server: asyncio.Server | None = None
         self._down = False
         self._open: set[asyncio.StreamWriter] = set()
+        self._down_on: tuple[bytes, float] | None = None
 
     async def start(self) -> int:
         self.server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
@@ -72,6 +74,11 @@ class RedisProxy:
             for w in list(self._open):
                 w.close()
 
+    def down_on(self, marker: bytes, seconds: float) -> None:
+        """Redis goes away just before the next command containing ``marker`` reaches it
+        (that command is never applied), for ``seconds``."""
+        self._down_on = (marker.upper(), seconds)
+
     async def cut(self) -> None:
         """Redis goes away: every connection is dropped, new ones are closed at once."""
         self.down = True
@@ -97,6 +104,12 @@ class RedisProxy:
         async def upstream() -> None:
             while data := await reader.read(65536):
                 upper = data.upper()
+                if self._down_on is not None and self._down_on[0] in upper:
+                    seconds, self._down_on = self._down_on[1], None
+                    self.down = True
+                    asyncio.get_running_loop().call_later(seconds, setattr, self, "down",
+                                                          False)
+                    return
                 for marker, delay in self.slow.items():
                     if marker in upper:
                         hold[0] = delay

@@ -220,11 +220,14 @@ def _outside(a: float, b: float, union: list[tuple[float, float]]) -> float:
 
 
 # Faults during which Dentally can still be read: unstable pages, rows sharing a stamp,
-# writes between page reads. A window read dirty is read again, and every page read publishes
-# what it shows, so a version that stays long enough is seen; these excuse nothing.
+# writes between page reads, `Date` headers off. A window read dirty is read again, every page
+# read publishes what it shows, and no one `Date` moves the clock, so a version that stays
+# long enough is seen; these excuse nothing. (A `Date` fault must not excuse "until the next
+# listing": a daemon that believed a `Date` an hour ahead lists nothing for an hour.)
 READABLE = frozenset({"dentally.unstable", "dentally.shared_updated_at", "dentally.churn",
                       "dentally.writes_between_pages", "dentally.413", "dentally.slow",
-                      "dentally.future_stamps"} | {f"subscriber.{k}" for k in (
+                      "dentally.future_stamps", "dentally.date_blip",
+                      "dentally.bad_clock_node"} | {f"subscriber.{k}" for k in (
                           "failing", "gone_410", "hanging", "trickling", "slow")})
 
 

@@ -60,6 +60,11 @@ def _between_pages(c: Campaign, r: random.Random) -> list[dict[str, object]]:
             for _ in range(r.randint(1, 4))]
 
 
+def _bad_node(c: Campaign, r: random.Random) -> list[int]:
+    ahead = r.randint(120_000, 3_600_000)
+    return [ahead if r.random() < 1 / 3 else 0 for _ in range(r.randint(10, 24))]
+
+
 def _rate(kind: str, status: int) -> Fault:
     """The key's whole budget nearly spent by others: the server answers ``status``."""
     async def start(c: Campaign, rng: random.Random) -> str:
@@ -179,6 +184,11 @@ def all_faults() -> list[Fault]:
         _quirk("dentally.date_blip", "date_offsets",
                lambda c, r: [r.choice([-1, 1, 1]) * r.randint(30_000, 3_600_000)
                              for _ in range(r.randint(1, 3))], (0.5, 2),
+               needs="date_offsets"),
+        # One node of three behind the load balancer with its clock set ahead: about every
+        # third response, for the next dozen or so, carries a `Date` minutes to an hour ahead
+        # (a cursor that believed one of them would skip every edit until the next sweep).
+        _quirk("dentally.bad_clock_node", "date_offsets", _bad_node, (1, 4),
                needs="date_offsets"),
         _quirk("dentally.future_stamps", "write_skew_ms",
                lambda c, r: r.randint(500, 5_000), (1, 4), needs="write_skew_ms"),

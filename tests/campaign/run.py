@@ -85,6 +85,10 @@ class Options:
     poll_interval: float = 1.0
     records: int = 120
     quiet: bool = False
+    reconcile: float = 15.0
+    """Seconds between sweeps while faults run (4 in the quiet phase). A sweep repairs what
+    a broken rule let through before the checker can see it as a lost version: a mutant
+    run sweeps rarely."""
     daemon_gap: float = 0.0
     """Seconds at least between the end of one daemon fault (kill, SIGTERM, reload) and
     the start of the next. A soak models a daemon restarted now and then (a deploy, a crash:
@@ -239,7 +243,7 @@ class Campaign:
         # Sweeps find deletions and rows a poll skipped. Rare while faults run, so that a
         # skipped row shows as a lost change instead of being found a moment later; often
         # once the faults stop, so that every deletion is found before the check.
-        self.reconcile = 15.0
+        self.reconcile = opts.reconcile
         self.resources = RESOURCES
         self.faults: list[checker.FaultRecord] = []
         self.violations: list[checker.Violation] = []

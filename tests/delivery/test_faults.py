@@ -14,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from notifier.core.health import Health
-from notifier.service.delivery import CONSUMER, SubscriberWorker
+from notifier.service.delivery import CONSUMER, SubscriberWorker, supervise
 from notifier.store.delivery import DeliveryStore
 from notifier.store.keys import Keys
 from notifier.store.redis import Store
@@ -63,6 +63,33 @@ async def test_no_successful_duplicate_without_a_crash(
         await client.aclose()
     assert behave.duplicates() == {}
     assert len(rx.received) == len(ids) * (fail + 1)
+
+
+async def test_acks_an_outage_kept_from_redis_are_not_sent_again(
+        store: Store, redis_proxy: RedisProxy) -> None:
+    """Found by the fault campaign (seed 4, ``redis.down``): Redis went away just as a
+    batch of acks was flushed; the worker restarted without them and sent those events
+    again from the pending list, with no crash to excuse it."""
+    client = redis_proxy.client()
+    behave = Statuses(0)
+    try:
+        with Receiver(behave) as rx:
+            ids = await publish(store, 5)
+            redis_proxy.down_on(b"XACK", 3.0)
+            cfg = sub("crm", rx.url)
+            s = Store(client, store.keys, store.stream)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(supervise,
+                              lambda: SubscriberWorker(client, store.keys, s, cfg), "crm")
+                await wait_until(lambda: _all_ok(behave, ids), 20, "every event answered 2xx")
+                await wait_until(lambda: _zero_pending(store, "crm"), 20, "the acks")
+                await anyio.sleep(0.5)  # a duplicate would arrive now
+                tg.cancel_scope.cancel()
+    finally:
+        await client.aclose()
+    assert redis_proxy.cuts == 1
+    assert behave.duplicates() == {}
+    assert len(rx.received) == len(ids)
 
 
 async def _all_ok(behave: Statuses, ids: list[str]) -> bool:
