@@ -50,6 +50,7 @@ CONSUMER = "dentally-notifier"
 FLUSH_DELAY = 0.005
 READ_COUNT = 100
 READ_BLOCK = 1.0
+RESCAN_AFTER = 3 * READ_BLOCK
 STATE_POLL = 1.0
 BEAT_WITHIN = 90.0
 DISABLED_NOTICE = "notifier.subscriber.disabled"
@@ -200,27 +201,15 @@ class SubscriberWorker:
     async def _reader(self, tg: anyio.abc.TaskGroup) -> None:
         self.health.beat(self._beat, self._wall(), self._beat_within)
         await self._wait_enabled(reader=True)
-        after = "0"
-        lost: list[str] = []
-        while True:  # what this consumer held when the daemon last stopped
-            entries = await self.db.read(CONSUMER, new=False, count=READ_COUNT, after=after)
-            if not entries:
-                break
-            for entry in entries:
-                after = entry[0]
-                if not entry[1]:
-                    lost.append(entry[0])
-                elif await self.db.scheduled(entry[0]):
-                    key = self._key(entry[1])
-                    if key is not None:
-                        self.busy.setdefault(key, deque())
-                else:
-                    await self._dispatch(tg, entry)
-        await self._lost(lost)
+        handled: set[str] | None = await self._scan_pending(tg, set())
+        rescan_at = time.monotonic() + RESCAN_AFTER
         block = block_ms(self.db.redis, READ_BLOCK)
         while True:
             self.health.beat(self._beat, self._wall(), self._beat_within)
             await self._wait_enabled(reader=True)
+            if handled is not None and time.monotonic() >= rescan_at:
+                await self._scan_pending(tg, handled)
+                handled = None
             try:
                 entries = await self.db.read(CONSUMER, new=True, count=READ_COUNT,
                                              block_ms=block)
@@ -230,6 +219,8 @@ class SubscriberWorker:
                 await self.db.ensure_group(self.sub.start, self._wall(), existed=True)
                 await self._report_group_lost(self._wall())
                 continue
+            if handled is not None:
+                handled.update(e[0] for e in entries)
             lost = []
             for entry in entries:
                 if entry[1]:
@@ -237,6 +228,36 @@ class SubscriberWorker:
                 else:
                     lost.append(entry[0])
             await self._lost(lost)
+
+    async def _scan_pending(self, tg: anyio.abc.TaskGroup, skip: set[str]) -> set[str]:
+        """Take up what this consumer holds in the group's pending list (but ``skip``):
+        what the daemon held when it last stopped. Done at start and once more
+        :data:`RESCAN_AFTER` later, for entries the worker this one replaced read while it
+        was being stopped (a cancelled blocking read that Redis served anyway, its socket's
+        close not yet seen): those would otherwise wait, never attempted, until the next
+        restart (the fault campaign's seed 202, a SIGHUP). Returns the ids it saw."""
+        after = "0"
+        lost: list[str] = []
+        seen: set[str] = set()
+        while True:
+            entries = await self.db.read(CONSUMER, new=False, count=READ_COUNT, after=after)
+            if not entries:
+                break
+            for entry in entries:
+                after = entry[0]
+                seen.add(entry[0])
+                if entry[0] in skip:
+                    continue
+                if not entry[1]:
+                    lost.append(entry[0])
+                elif await self.db.scheduled(entry[0]):
+                    key = self._key(entry[1])
+                    if key is not None:
+                        self.busy.setdefault(key, deque())
+                else:
+                    await self._dispatch(tg, entry)
+        await self._lost(lost)
+        return seen | skip
 
     async def _report_group_lost(self, now: float) -> None:
         count = await self.db.group_lost(now)

@@ -62,7 +62,7 @@ def _between_pages(c: Campaign, r: random.Random) -> list[dict[str, object]]:
 
 def _bad_node(c: Campaign, r: random.Random) -> list[int]:
     ahead = r.randint(120_000, 3_600_000)
-    return [ahead if r.random() < 1 / 3 else 0 for _ in range(r.randint(10, 24))]
+    return [ahead if r.random() < 1 / 2 else 0 for _ in range(r.randint(12, 40))]
 
 
 def _rate(kind: str, status: int) -> Fault:
@@ -179,14 +179,17 @@ def all_faults() -> list[Fault]:
         _quirk("dentally.timeout", "latency", lambda c, r: c.timeout + 0.5, (1, 3)),
         _quirk("dentally.slow", "latency", lambda c, r: round(r.uniform(0.05, 0.3), 2),
                (1, 4), group="quirk.latency"),
-        _quirk("dentally.413", "deep_page_limit", lambda c, r: c.per_page * r.randint(1, 3),
+        # Deeper than the workload's busiest instant (a batch edit of 20 rows, shared
+        # stamps): a window of rows sharing one second cannot be split, and no real depth
+        # limit is that shallow; deeper windows must be split.
+        _quirk("dentally.413", "deep_page_limit", lambda c, r: c.per_page * r.randint(4, 8),
                (2, 6)),
         _quirk("dentally.date_blip", "date_offsets",
                lambda c, r: [r.choice([-1, 1, 1]) * r.randint(30_000, 3_600_000)
                              for _ in range(r.randint(1, 3))], (0.5, 2),
                needs="date_offsets"),
-        # One node of three behind the load balancer with its clock set ahead: about every
-        # third response, for the next dozen or so, carries a `Date` minutes to an hour ahead
+        # One node of two behind the load balancer with its clock set ahead: about every
+        # other response, for the next dozen or more, carries a `Date` minutes to an hour ahead
         # (a cursor that believed one of them would skip every edit until the next sweep).
         _quirk("dentally.bad_clock_node", "date_offsets", _bad_node, (1, 4),
                needs="date_offsets"),

@@ -633,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
                    skip_checks={k for k in a.skip_check.split(",") if k},
                    daemon_gap=a.daemon_gap if a.daemon_gap is not None else 30.0 * long,
                    max_rows=a.max_rows if a.max_rows is not None else 300 * long,
-                   settle=120.0 if long else 60.0)
+                   settle=300.0 if long else 60.0)
     result = anyio.run(campaign, opts)
     print(result.table)
     off = sorted(disabled)
