@@ -12,8 +12,10 @@ from tests.campaign import checker
 from tests.campaign.checker import Evidence, FaultRecord, Limits, Receipt, Subscriber
 from tests.campaign.run import Options, campaign
 
-# 101 runs in `make test`; 202 with the slow tests (CI runs both: see .ci/run).
-SEEDS = [101, pytest.param(202, marks=pytest.mark.slow)]
+# 101 runs in `make test`; the others with the slow tests (CI runs them: see .ci/run).
+# 202 and 4 are regressions: with daemon.sighup, 202 left 4-6 events per group pending and
+# never attempted after a reload; with redis.down, 4 sent acknowledged events again.
+SEEDS = [101, pytest.param(202, marks=pytest.mark.slow), pytest.param(4, marks=pytest.mark.slow)]
 SECONDS = 25.0
 
 
