@@ -48,16 +48,17 @@ MUTANTS = [
            "            return self._done(now)\n"
            "        return self._dirty(now, steady=True)\n",
            "        return self._done(now)\n",
-           frozenset({"dentally.unstable", "dentally.churn"}), rate=0.5, poll_interval=2.5,
+           frozenset({"dentally.unstable", "dentally.churn", "dentally.writes_between_pages",
+                      "dentally.shared_updated_at"}), rate=0.5, poll_interval=2.5,
            reconcile=120.0),
     Mutant("date-outlier-guard", "notifier/core/clock.py",
            "        ordered = sorted(s for s, _ in self._samples)\n",
            "        self._offset = sample  # every sample believed at once\n"
            "        return\n",
-           frozenset({"dentally.bad_clock_node", "dentally.date_blip", "dentally.churn"}),
-           rate=0.4, reconcile=120.0),
+           frozenset({"dentally.bad_clock_node", "dentally.churn"}), rate=0.6,
+           reconcile=120.0),
     Mutant("ack-before-2xx", "notifier/service/delivery.py",
-           '        if outcome == "delivered":\n', '        if True:\n',
+           '        if kind == "delivered":\n', '        if True:\n',
            frozenset({"subscriber.failing", "subscriber.hanging", "subscriber.gone_410"})),
 ]
 
