@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import re
@@ -253,8 +254,8 @@ async def run_one(count: int, interval: float, rows: int, redis_url: str,
         with log_path.open("wb") as out:
             started = time.monotonic()
             started_wall = time.time()
-            proc = subprocess.Popen([sys.executable, "-m", "notifier", "run", "--config",
-                                     str(cfg)], stdout=out, stderr=out,
+            proc = subprocess.Popen([sys.executable, "-m", "notifier", "run",  # noqa: ASYNC220
+                                     "--config", str(cfg)], stdout=out, stderr=out,
                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
             samples: list[Sample] = []
@@ -302,7 +303,7 @@ async def run_one(count: int, interval: float, rows: int, redis_url: str,
         times: dict[tuple[int, str], list[float]] = defaultdict(list)
         for t, i, r in requests:
             times[(i, r)].append(t)
-        gaps = [b - a for ts in times.values() for a, b in zip(ts, ts[1:], strict=False)
+        gaps = [b - a for ts in times.values() for a, b in itertools.pairwise(ts)
                 if b - a > interval / 2 and a >= started_wall + startup]
         within = sum(abs(g - interval) <= 0.1 * interval for g in gaps) / max(1, len(gaps))
         worst = max((abs(g - interval) / interval for g in gaps), default=0.0)

@@ -20,6 +20,7 @@ from notifier import config
 from notifier.config import PracticeConfig, Settings, SubscriberConfig
 from notifier.core.health import Health
 from notifier.core.text import plural
+from notifier.dentally.client import HostPools
 from notifier.errors import ConfigError
 from notifier.ops import early_signals
 from notifier.ops import logging as logsetup
@@ -44,11 +45,30 @@ STATUS_EVERY = 10.0
 METRICS_EVERY = 2.0
 
 
+PRACTICE_CONNECTIONS = 32
+"""Redis connections the practices share, however many there are: their commands are
+short, and a pool that grew with them cost ~6 sockets (and Redis clients) per practice."""
+STARTS_PER_SECOND = 20.0
+"""Practices taken up per second at start: 1,000 practices start over 50 s (or over their
+shortest interval, if shorter), not in one thundering herd."""
+KEY_RETRY_POLL = 1.0
+
+
 def pool_size(settings: Settings) -> int:
     """Connections the daemon may need at once: each subscriber holds one in a blocking read
-    and uses more while its deliveries complete; each practice polls its resources."""
-    return 16 + 4 * len(settings.subscribers) + 2 * sum(len(p.resources)
-                                                         for p in settings.practices)
+    and uses more while its deliveries complete; the practices share a bounded number."""
+    return 16 + 4 * len(settings.subscribers) + min(
+        PRACTICE_CONNECTIONS, 2 * sum(len(p.resources) for p in settings.practices))
+
+
+def start_delays(practices: list[PracticeConfig]) -> dict[str, float]:
+    """When each practice is taken up at start, in seconds: evenly over the shorter of
+    ``len / STARTS_PER_SECOND`` and the shortest poll interval, in the configured order."""
+    if not practices:
+        return {}
+    shortest = min(p.interval(r) for p in practices for r in p.resources or ["patients"])
+    spread = min(len(practices) / STARTS_PER_SECOND, shortest)
+    return {p.name: spread * i / len(practices) for i, p in enumerate(practices)}
 
 
 async def connect(settings: Settings) -> Redis:
@@ -87,6 +107,7 @@ class Daemon:
         self.store = Store(redis, self.keys, settings.redis.stream)
         self.notify = SystemdNotifier()
         self.keys_hub = KeyHub(settings.practices, pacer_for, plan_for)
+        self.pools = HostPools()
         self.health = Health()
         self.metrics = Metrics()
         self.practices: dict[str, tuple[PracticeConfig, PracticeRunner, anyio.CancelScope]] = {}
@@ -107,13 +128,16 @@ class Daemon:
         with scope:
             await fn()
 
-    def _start_practice(self, cfg: PracticeConfig, take_over: str | None = None) -> None:
+    def _start_practice(self, cfg: PracticeConfig, take_over: str | None = None,
+                        delay: float = 0.0) -> None:
         """Start a practice's runner; ``take_over`` is the lease token of the runner it
-        replaces on a reload, handed on in one step so that the practice is never free."""
+        replaces on a reload, handed on in one step so that the practice is never free;
+        ``delay``: when to take it up (see ``start_delays``)."""
         assert self._tg is not None
         runner = PracticeRunner(self.store, cfg, lease_ttl=self.settings.redis.practice_lease,
                                 take_over=take_over, hub=self.keys_hub, health=self.health,
-                                metrics=self.metrics)
+                                metrics=self.metrics, pools=self.pools, start_delay=delay,
+                                watch_retry=False)
         scope = anyio.CancelScope()
         self.practices[cfg.name] = (cfg, runner, scope)
         self._tg.start_soon(self._scoped, scope, runner.run)
@@ -141,11 +165,13 @@ class Daemon:
                 self._tg = tg
                 if handle_signals:
                     tg.start_soon(self._watch_signals, tg.cancel_scope)
+                delays = start_delays(self.settings.practices)
                 for practice in self.settings.practices:
-                    self._start_practice(practice)
+                    self._start_practice(practice, delay=delays[practice.name])
                 for sub in self.settings.subscribers:
                     self._start_subscriber(sub)
                 tg.start_soon(self._trim_forever)
+                tg.start_soon(self._watch_key_retries)
                 tg.start_soon(self._refresh_metrics)
                 if self.settings.metrics.listen:
                     tg.start_soon(self._serve_metrics, self.settings.metrics.listen)
@@ -153,6 +179,29 @@ class Daemon:
                 tg.start_soon(self._watchdog, watchdog_interval())
         finally:
             self.notify.stopping()
+            with anyio.CancelScope(shield=True):
+                await self.pools.aclose()
+
+    async def _watch_key_retries(self) -> None:
+        """An operator's ``key retry NAME``, for every practice in one round trip a second
+        (one command per practice per second was most of an idle daemon's CPU)."""
+        while True:
+            await anyio.sleep(KEY_RETRY_POLL)
+            names = list(self.practices)
+            keys = [self.keys.key_retry(n) for n in names]
+            try:
+                if not keys or not await self.redis.exists(*keys):
+                    continue
+                pipe = self.redis.pipeline(transaction=False)
+                for key in keys:
+                    pipe.getdel(key)
+                asked = await pipe.execute()
+            except RedisError:
+                continue
+            for name, flag in zip(names, asked, strict=True):
+                entry = self.practices.get(name)
+                if flag and entry is not None:
+                    entry[1].retry_asked()
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
         signals_ = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)

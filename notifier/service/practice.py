@@ -25,7 +25,7 @@ from notifier.core import keylife as kl
 from notifier.core.budget import Budget, Plan
 from notifier.core.health import Health
 from notifier.core.retry import backoff
-from notifier.dentally.client import DentallyClient
+from notifier.dentally.client import DentallyClient, HostPools
 from notifier.dentally.pacer import Pacer
 from notifier.errors import ConfigError, DentallyError, LeaseLost
 from notifier.events import notifier_event
@@ -46,6 +46,7 @@ log = logging.getLogger("notifier.practice")
 KEY_FILE_POLL = 5.0        # how often the key's source is re-read for a new key
 RETRY_POLL = 1.0           # how often Redis is asked for an operator's "key retry"
 KEY_STATE_WRITE = 10.0     # how often the key's last use and budget go to Redis
+MAX_STAGGER = 10.0         # the last resource's first poll at most this late
 
 
 def _lease_lost(exc: BaseException) -> bool:
@@ -62,8 +63,18 @@ class PracticeRunner:
     def __init__(self, store: Store, cfg: PracticeConfig, *, lease_ttl: float = 15.0,
                  take_over: str | None = None, hub: KeyHub | None = None,
                  wall: Callable[[], float] = time.time, health: Health | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, pools: HostPools | None = None,
+                 start_delay: float = 0.0, watch_retry: bool = True) -> None:
+        """``pools``: the process's shared HTTP pools (else the practice has its own);
+        ``start_delay``: seconds to wait before taking the practice up (the daemon spreads
+        the first polls of many practices over the interval); ``watch_retry`` False: the
+        daemon asks Redis for every practice's "key retry" at once and calls
+        :meth:`retry_asked` (else this runner asks for its own, every second)."""
         self.store = store
+        self.pools = pools
+        self.start_delay = start_delay
+        self.watch_retry = watch_retry
+        self._asked = False
         self.cfg = cfg
         self._wall = wall
         self._extra = {"practice": cfg.name}
@@ -117,6 +128,11 @@ class PracticeRunner:
         """SIGHUP: re-read the key now, and probe a stopped key at once."""
         self._reload.set()
 
+    def retry_asked(self) -> None:
+        """An operator's ``key retry`` for this practice (found by the daemon's watcher)."""
+        self._asked = True
+        self._reload.set()
+
     # -- the lease ----------------------------------------------------------------------
     async def run(self) -> None:
         """Serve this practice while we hold its lease; wait for it when we do not.
@@ -125,6 +141,8 @@ class PracticeRunner:
         it never stops the other practices or the subscribers."""
         attempt = 0
         store = self.store.fenced(self.keeper.fence)
+        if self._take_over is None and self.start_delay > 0:
+            await self._sleep_or_reload(self.start_delay)
         while True:
             try:
                 await self.keeper.acquire(self._take_over)
@@ -165,7 +183,7 @@ class PracticeRunner:
         group = self.hub.group(fp, self.cfg)
         self._todo = []
         client = DentallyClient(self.cfg.url, key, timeout=self.cfg.timeout,
-                                pacer=group.pacer)
+                                pacer=group.pacer, pools=self.pools)
         client.gate = self._gate
         client.observer = self._observe
         pollers: anyio.CancelScope | None = None
@@ -249,13 +267,18 @@ class PracticeRunner:
     async def _run_pollers(self, scope: anyio.CancelScope, client: DentallyClient,
                            store: Store) -> None:
         with scope:
+            # The resources' first polls one request slot apart: polled at the same
+            # moment, they would queue in the key's pacer every time, and each poll would
+            # go out up to (resources - 1) slots late, by turns.
+            step = min(self.pacer.budget.slot_seconds, MAX_STAGGER / len(self.cfg.resources))
             async with anyio.create_task_group() as tg:
-                for name in self.cfg.resources:
+                for i, name in enumerate(self.cfg.resources):
                     loop = ResourceLoop(store, self.cfg, name, client, self.life,
                                         health=self.health, metrics=self.metrics,
                                         wall=self._wall,
                                         interval=effective_interval(self.plan, self.cfg,
-                                                                    name))
+                                                                    name),
+                                        first_delay=i * step)
                     tg.start_soon(loop.run)
 
     async def _publish(self, p: kl.Publish) -> None:
@@ -294,9 +317,10 @@ class PracticeRunner:
             reloaded = self._reload.is_set()
             if reloaded:
                 self._reload = anyio.Event()
-            asked = False
-            with contextlib.suppress(RedisError):
-                asked = bool(await self.store.redis.getdel(retry_key))
+            asked, self._asked = self._asked, False
+            if self.watch_retry:
+                with contextlib.suppress(RedisError):
+                    asked = bool(await self.store.redis.getdel(retry_key))
             if asked:
                 log.info("key retry asked by an operator: probing now", extra=self._extra)
             if not (reloaded or asked or anyio.current_time() - last_read >= KEY_FILE_POLL):

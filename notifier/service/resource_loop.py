@@ -57,17 +57,21 @@ class ResourceLoop:
     def __init__(self, store: Store, cfg: PracticeConfig, name: str, client: DentallyClient,
                  life: KeyLife, *, health: Health, metrics: Metrics | None,
                  wall: Callable[[], float] = time.time,
-                 interval: float | None = None) -> None:
+                 interval: float | None = None, first_delay: float = 0.0) -> None:
         self.store, self.cfg, self.name, self.client, self.life = store, cfg, name, client, life
         self.health, self.metrics, self._wall = health, metrics, wall
         self.extra: dict[str, Any] = {"practice": cfg.name, "resource": name}
         self.interval = cfg.interval(name) if interval is None else interval
         """Seconds between polls: the configured interval, or longer when the share cannot
         carry it (see docs/budget.md)."""
+        self.first_delay = first_delay
+        """Seconds before the first poll (the practice staggers its resources)."""
         self._incident: str | None = None
         """The unexpected error this resource is failing with (logged in full once)."""
 
     async def run(self) -> None:
+        if self.first_delay > 0:
+            await anyio.sleep(self.first_delay)
         cfg, name = self.cfg, self.name
         poller = ResourcePoller(self.store, self.client, cfg.name, resources.get(name),
                                 policy_for(cfg), initial_sync=cfg.initial_sync,
