@@ -312,7 +312,9 @@ class PracticeRunner:
         retry_key = self.store.keys.key_retry(self.cfg.name)
         last_read = anyio.current_time()
         while True:
-            with anyio.move_on_after(RETRY_POLL):
+            # The daemon's watcher wakes this loop for a "key retry": only the key's
+            # source is looked at here then, every KEY_FILE_POLL.
+            with anyio.move_on_after(RETRY_POLL if self.watch_retry else KEY_FILE_POLL):
                 await self._reload.wait()
             reloaded = self._reload.is_set()
             if reloaded:
