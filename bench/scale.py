@@ -11,8 +11,9 @@ Dentally's one host). Printed, one row per count:
 - sockets the daemon holds (peak; Redis and HTTP), from ``/proc/<pid>/fd`` (aim: <= 200);
 - startup: from the process's start until every practice's every resource has been polled
   once (aim: < 60 s), and how spread the first polls are (the busiest second's share);
-- poll adherence: of the gaps between one resource's polls during the measured window,
-  the share within 10% of the interval, and the worst (aim: every poll within 10%);
+- poll adherence: of the gaps between one resource's polls during the measured window
+  (``--settle`` intervals after startup, ``--measure`` long), the share within 10% of
+  the interval, and the worst (aim: every poll within 10%);
 - CPU per request of the daemon against a bare httpx loop making the same requests in
   the same run (aim: ratio <= 1.2);
 - Redis memory per practice at rest (``MEMORY USAGE`` of every key of the run's prefix),
@@ -240,7 +241,7 @@ async def fetch_log(client: httpx.AsyncClient, url: str) -> list[tuple[float, in
 
 
 async def run_one(count: int, interval: float, rows: int, redis_url: str,
-                  measure: float) -> Row:
+                  measure: float, settle: float) -> Row:
     prefix = f"bench-scale-{uuid.uuid4().hex[:8]}"
     redis = Redis.from_url(redis_url)
     redis_port = int(redis.connection_pool.connection_kwargs.get("port", 6379))
@@ -279,7 +280,14 @@ async def run_one(count: int, interval: float, rows: int, redis_url: str,
                                        f"after {deadline - started:.0f}s")
             per_second = Counter(int(t) for t in seen.values())
             first_burst = max(per_second.values()) / want
-            # The measured window: from steady polling on, ``measure`` intervals long.
+            # The measured window: ``settle`` intervals after every resource was polled
+            # once (the first syncs of the last practices are over), ``measure`` long.
+            settled = time.monotonic() + settle * interval
+            while time.monotonic() < settled:
+                await anyio.sleep(0.5)
+                samples.append(sample(proc.pid, redis_port))
+                requests += await fetch_log(http, url)
+            window_start = time.time()
             cpu0 = sample(proc.pid, redis_port).cpu
             n0 = len(requests)
             window_end = time.monotonic() + measure * interval
@@ -304,8 +312,12 @@ async def run_one(count: int, interval: float, rows: int, redis_url: str,
         for t, i, r in requests:
             times[(i, r)].append(t)
         gaps = [b - a for ts in times.values() for a, b in itertools.pairwise(ts)
-                if b - a > interval / 2 and a >= started_wall + startup]
+                if b - a > interval / 2 and a >= window_start]
         within = sum(abs(g - interval) <= 0.1 * interval for g in gaps) / max(1, len(gaps))
+        if os.environ.get("SCALE_DUMP"):
+            Path(os.environ["SCALE_DUMP"]).write_text(json.dumps(  # noqa: ASYNC240
+                {"started": started_wall, "startup": startup, "requests": requests,
+                 "samples": [s.__dict__ for s in samples]}))
         worst = max((abs(g - interval) / interval for g in gaps), default=0.0)
         bare = await bare_loop(url, [(i, r) for _, i, r in in_window][:3000])
         await http.aclose()
@@ -340,11 +352,12 @@ def table(rows: list[Row], interval: float) -> str:
     return "\n".join(out)
 
 
-async def main(sizes: list[int], interval: float, rows: int, measure: float) -> None:
+async def main(sizes: list[int], interval: float, rows: int, measure: float,
+               settle: float) -> None:
     with redis_server() as redis_url:
         results = []
         for n in sizes:
-            row = await run_one(n, interval, rows, redis_url, measure)
+            row = await run_one(n, interval, rows, redis_url, measure, settle)
             results.append(row)
             print(table(results, interval), flush=True)
             print(flush=True)
@@ -358,10 +371,12 @@ if __name__ == "__main__":
                         help="records per resource in each practice's data set")
     parser.add_argument("--measure", type=float, default=2.5,
                         help="intervals measured after steady polling")
+    parser.add_argument("--settle", type=float, default=1.0,
+                        help="intervals waited after every resource's first poll")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve is not None:
         serve(args.serve, args.rows)
     else:
         anyio.run(main, [int(s) for s in args.sizes.split(",")], args.interval, args.rows,
-                  args.measure)
+                  args.measure, args.settle)
