@@ -107,6 +107,13 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--payments", type=int, default=30)
     sb.add_argument("--spread-days", type=float, default=365.0,
                     help="spread the initial records' updated_at over this many days")
+    sm = sub.add_parser("schema", help="the event contract: JSON Schema, OpenAPI, AsyncAPI")
+    sm.add_argument("--format", choices=["jsonschema", "openapi", "asyncapi", "all"],
+                    default=None, help="jsonschema (2020-12, one per event type), openapi "
+                                       "(3.1, webhooks), asyncapi (3, the Redis stream); "
+                                       "default: all with --out, jsonschema without")
+    sm.add_argument("--out", metavar="DIR", help="write files under DIR (as docs/schema/) "
+                                                 "instead of printing one document")
     return p
 
 
@@ -192,6 +199,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from notifier import demo
             anyio.run(demo.run, args.duration, args.records)
+            return EXIT_OK
+        if args.command == "schema":
+            from notifier.schema import documents
+            if args.out is None:
+                if args.format == "all":
+                    raise UsageError("--format all writes several files: give --out DIR")
+                sys.stdout.write(documents.stdout_document(args.format or "jsonschema"))
+            else:
+                from pathlib import Path
+                written = documents.write(args.format or "all", Path(args.out))
+                print(f"wrote {len(written)} files under {args.out}")
             return EXIT_OK
         if args.command == "sandbox":
             from notifier.sandbox import main as sandbox_main

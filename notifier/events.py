@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from notifier.core.derive import DERIVED_EVENT_TYPES, Derived
 from notifier.core.diff import Kind
 from notifier.core.resources import RESOURCES
 from notifier.core.resources import get as get_resource
@@ -33,11 +34,19 @@ NOTIFIER_EVENT_TYPES: tuple[str, ...] = (
 """Events about the notifier itself (a test checks that the code publishes no other)."""
 
 
+SCHEMA_VERSION = 1
+"""The envelope's ``version`` (``notifier.schema.models`` owns the contract; a test checks
+that the two agree and that every event built here validates against it)."""
+
+_VERSION = b',"version":1'
+
+
 def known_event_types() -> list[str]:
-    """Every event type the notifier can publish: ``<singular>.<kind>`` for each resource
-    and the ``notifier.*`` types. Subscriber patterns that match none of them are typos."""
+    """Every event type the notifier can publish: ``<singular>.<kind>`` for each resource,
+    the derived types and the ``notifier.*`` types. Subscriber patterns that match none of
+    them are typos."""
     return [f"{r.singular}.{kind}" for r in RESOURCES.values() for kind in KINDS] \
-        + list(NOTIFIER_EVENT_TYPES)
+        + list(DERIVED_EVENT_TYPES) + list(NOTIFIER_EVENT_TYPES)
 
 
 def canonical(value: Any) -> bytes:
@@ -102,8 +111,30 @@ def record_event(practice: str, resource: str, kind: Kind, record: Mapping[str, 
     if kind == "updated":
         data["changes"] = dict(changes or {})
     head = _dumps({"id": eid, "type": etype, "timestamp": stamp})
-    payload = head[:-1] + b',"data":' + _dumps(data)[:-1] + b',"record":' + body + b"}}"
+    payload = (head[:-1] + _VERSION + b',"data":' + _dumps(data)[:-1] + b',"record":' + body
+               + b"}}")
     return Event(eid, etype, practice, resource, record_id, payload)
+
+
+def derived_event(cause: Event, derived: Derived, record: Mapping[str, Any], now: str,
+                  record_bytes: bytes) -> Event:
+    """A derived event (``appointment.cancelled``, ...) of the change ``cause`` published.
+
+    Its id is the cause's id and its type hashed together: as deterministic as the cause's.
+    ``data`` carries the record's ids, ``cause``, the rule's details and the record."""
+    eid = event_id(cause.id, derived.type)
+    data: dict[str, Any] = {
+        "practice": cause.practice,
+        "resource": cause.resource,
+        "record_id": cause.record_id,
+        "updated_at": record.get("updated_at"),
+        "cause": cause.id,
+        **derived.details,
+    }
+    head = _dumps({"id": eid, "type": derived.type, "timestamp": now})
+    payload = (head[:-1] + _VERSION + b',"data":' + _dumps(data)[:-1] + b',"record":'
+               + record_bytes + b"}}")
+    return Event(eid, derived.type, cause.practice, cause.resource, cause.record_id, payload)
 
 
 def notifier_event(type_: str, practice: str, data: Mapping[str, Any], now: datetime,
@@ -111,6 +142,7 @@ def notifier_event(type_: str, practice: str, data: Mapping[str, Any], now: date
     """A ``notifier.*`` event; ``identity`` makes its id deterministic (e.g. the incident)."""
     eid = event_id(type_, practice, *identity)
     body = {"practice": practice, **data} if practice else dict(data)
-    envelope = {"id": eid, "type": type_, "timestamp": format_us(now), "data": body}
+    envelope = {"id": eid, "type": type_, "timestamp": format_us(now),
+                "version": SCHEMA_VERSION, "data": body}
     payload = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
     return Event(eid, type_, practice, "", "", payload)

@@ -20,12 +20,13 @@ import anyio
 
 from notifier.core import cursor
 from notifier.core import reconcile as rules
+from notifier.core.derive import derive
 from notifier.core.diff import dedupe, page_diff, updated_ms
 from notifier.core.resources import Resource
 from notifier.core.timefmt import format_ms, format_us
 from notifier.dentally.client import DentallyClient, Page
 from notifier.errors import NotFound, PageTooDeep
-from notifier.events import Event, canonical, notifier_event, record_event
+from notifier.events import Event, canonical, derived_event, notifier_event, record_event
 from notifier.store.codec import Codec, learn
 from notifier.store.redis import DictionaryConflict, Store
 
@@ -84,12 +85,16 @@ def changes_for_page(practice: str, resource: str, rows: list[dict[str, Any]],
     events: list[Event] = []
     snaps: dict[str, bytes] = {}
     stamp = format_us(now)
-    for (row, canon, _), verdict in zip(todo, verdicts, strict=True):
+    for (row, canon, old), verdict in zip(todo, verdicts, strict=True):
         if verdict.store:
             snaps[str(row["id"])] = codec.encode(canon)
         if verdict.publish is not None:
-            events.append(record_event(practice, resource, verdict.publish.kind, row, stamp,
-                                       verdict.publish.changes, canon))
+            event = record_event(practice, resource, verdict.publish.kind, row, stamp,
+                                 verdict.publish.changes, canon)
+            events.append(event)
+            # What the change means, right after it, in the same commit.
+            events += [derived_event(event, d, row, stamp, canon)
+                       for d in derive(resource, old, row)]
     return PageChanges(events, snaps, codec.pending() if snaps else None)
 
 
