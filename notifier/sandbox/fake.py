@@ -93,7 +93,7 @@ class Faker:
     def invoice(self) -> dict[str, Any]:
         r = self.rng
         amount = self.money()
-        invoice = {
+        invoice: dict[str, Any] = {
             "patient_id": r.randint(1000, 5000),
             "site_id": r.choice(self.site_ids),
             "reference": f"INV{r.randint(100000, 999999)}",
