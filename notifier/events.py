@@ -72,6 +72,8 @@ class Event:
     record_id: str
     payload: bytes
     """The JSON envelope, exactly as stored and sent."""
+    cause: str = ""
+    """For a derived event, the id of the event it was derived from (not a stream field)."""
 
     FIELDS = ("id", "type", "practice", "resource", "record_id", "payload")
     """The fields of a stream entry (PRODUCT.md), in order."""
@@ -134,7 +136,8 @@ def derived_event(cause: Event, derived: Derived, record: Mapping[str, Any], now
     head = _dumps({"id": eid, "type": derived.type, "timestamp": now})
     payload = (head[:-1] + _VERSION + b',"data":' + _dumps(data)[:-1] + b',"record":'
                + record_bytes + b"}}")
-    return Event(eid, derived.type, cause.practice, cause.resource, cause.record_id, payload)
+    return Event(eid, derived.type, cause.practice, cause.resource, cause.record_id, payload,
+                 cause.id)
 
 
 def notifier_event(type_: str, practice: str, data: Mapping[str, Any], now: datetime,

@@ -16,6 +16,7 @@ def test_envelope_is_the_product_contract() -> None:
     doc = json.loads(e.payload)
     assert doc == {
         "id": e.id, "type": "patient.updated", "timestamp": "2026-11-27T15:00:00.123456Z",
+        "version": 1,   # additive to PRODUCT.md's envelope: the contract's major version
         "data": {"practice": "main", "resource": "patients", "record_id": "123",
                  "updated_at": "2026-11-27T14:59:58.120+00:00",
                  "changes": {"email_address": ["old@example.com", "new@example.com"]},

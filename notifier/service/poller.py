@@ -50,6 +50,11 @@ class PageChanges:
 Unreadable = Callable[[str, Exception], None]
 
 
+def changes_in(events: list[Event]) -> int:
+    """How many changes ``events`` publish: derived events come with them, uncounted."""
+    return sum(1 for e in events if not e.cause)
+
+
 def changes_for_page(practice: str, resource: str, rows: list[dict[str, Any]],
                      olds: list[bytes | None], codec: Codec, *, emit_created: bool,
                      now: datetime, server_now: int | None = None,
@@ -221,7 +226,8 @@ class ResourcePoller:
         return fetch
 
     async def poll_once(self) -> int:
-        """Read until no window is pending; returns the number of events published."""
+        """Read until no window is pending; returns the number of changes published
+        (derived events not counted)."""
         store, name = self.store, self.resource.name
         progress = await store.progress(self.practice, name)
         if self.resource.strategy != "incremental":
@@ -340,7 +346,7 @@ class ResourcePoller:
                     progress=new_progress if persist else None,
                     status=self._progress_status(whole, page) if persist
                     else {"last_page_at": str(self._wall())})
-                published += len(events)
+                published += changes_in(events)
                 if self.heartbeat is not None:
                     self.heartbeat()
                 if outcome is cursor.Outcome.LATER:
@@ -406,7 +412,7 @@ class ResourcePoller:
                 continue
             events = await self._commit_page([record], emit_created=True, progress=None,
                                              status={})
-            published += len(events)
+            published += changes_in(events)
         counts = rules.Deletions(tracked=len(held), missing=len(missing), confirmed=len(gone))
         deleted = 0
         if rules.allowed(counts, self.max_delete_fraction, await self._accepted()):
