@@ -22,13 +22,20 @@ def _validators() -> dict[str, Draft202012Validator]:
             for t, s in all_json_schemas(strict=True).items()}
 
 
+def schema_errors(event: dict[str, Any]) -> list[str]:
+    """What is wrong with ``event`` against the JSON Schema of its type (empty: valid)."""
+    validator = _validators().get(str(event.get("type")))
+    if validator is None:
+        return [f"unknown event type {event.get('type')!r}"]
+    errors = sorted(validator.iter_errors(event), key=lambda e: list(e.path))
+    return [f"{list(e.path)}: {e.message}" for e in errors]
+
+
 def validate_event(event: dict[str, Any]) -> None:
     """Fail unless ``event`` is of a published type and valid against its JSON Schema."""
-    validator = _validators().get(str(event.get("type")))
-    assert validator is not None, f"unknown event type {event.get('type')!r}"
-    errors = sorted(validator.iter_errors(event), key=lambda e: list(e.path))
+    errors = schema_errors(event)
     assert not errors, (f"{event.get('type')} {event.get('id')} does not match its schema: "
-                        + "; ".join(f"{list(e.path)}: {e.message}" for e in errors[:5]))
+                        + "; ".join(errors[:5]))
 
 
 def is_derived(event: dict[str, Any]) -> bool:
