@@ -26,6 +26,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from notifier import config, signing
+from notifier.core.timefmt import parse_ms
 from notifier.ops import logging as logsetup
 from notifier.ops.embedded import redis_server
 from notifier.ops.http import bind, serve_app
@@ -65,10 +66,47 @@ def receiver_app(secret: str, path: str = "/hook") -> Starlette:
     return Starlette(routes=[Route(path, hook, methods=["POST"])])
 
 
+DEMO_STATES = ["Confirmed", "Arrived", "In surgery", "Completed", "Cancelled",
+               "Did not attend"]
+
+
+def _meaningful_change(sb: Sandbox, rng: random.Random) -> None:
+    """One edit of the kind integrators act on, so the demo shows derived events too
+    (``appointment.cancelled``, ``patient.archived``, ``payment.refunded``, ...)."""
+    what = rng.choice(["state", "state", "reschedule", "archive", "refund"])
+    if what in ("state", "reschedule"):
+        table = sb.tables["appointments"]
+        if not table.rows:
+            return
+        rid = rng.choice(list(table.rows))
+        if what == "state":
+            sb.update("appointments", rid, {"state": rng.choice(DEMO_STATES)})
+            return
+        row = table.rows[rid]
+        start = parse_ms(str(row["start_time"])) + rng.randint(1, 7) * 86_400_000
+        sb.update("appointments", rid, {"start_time": sb.stamp(start), "finish_time":
+                                        sb.stamp(start + int(row["duration"]) * 60_000)})
+    elif what == "archive":
+        table = sb.tables["patients"]
+        if not table.rows:
+            return
+        rid = rng.choice(list(table.rows))
+        if table.rows[rid].get("active") is False:
+            sb.update("patients", rid, {"active": True, "archived_reason": None})
+        else:
+            sb.update("patients", rid, {"active": False, "archived_reason": "Moved away"})
+    else:
+        sb.create("payments", {"amount": f"-{rng.choice([15, 25, 40, 60])}.0",
+                               "method": "Card", "reference": "refund"})
+
+
 async def _make_changes(sb: Sandbox) -> None:
     rng = random.Random()
     while True:
         await anyio.sleep(rng.uniform(0.8, 2.0))
+        if rng.random() < 0.35:
+            _meaningful_change(sb, rng)
+            continue
         resource = rng.choice(["patients", "patients", "appointments", "invoices", "payments"])
         table = sb.tables[resource]
         if rng.random() < 0.3 or not table.rows:
@@ -109,8 +147,9 @@ async def run(duration: float | None = None, records: int = 20) -> None:
         print(f"Dentally sandbox: {base_url}   Redis: {redact(url)}   "
               f"stream: {settings.redis.stream}   webhook receiver: {hook_url}", flush=True)
         print("The daemon publishes the sandbox's records, then every change the demo "
-              "makes; each arrives at the receiver as a signed webhook (Ctrl-C to stop):",
-              flush=True)
+              "makes, and what it means (appointment.cancelled, patient.archived, "
+              "invoice.paid, ...); each arrives at the receiver as a signed webhook "
+              "(Ctrl-C to stop):", flush=True)
         redis = Redis.from_url(url)
         try:
             async with anyio.create_task_group() as tg:
