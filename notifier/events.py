@@ -14,39 +14,26 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from notifier.core.derive import DERIVED_EVENT_TYPES, Derived
+from notifier.core.derive import Derived
 from notifier.core.diff import Kind
-from notifier.core.resources import RESOURCES
 from notifier.core.resources import get as get_resource
 from notifier.core.timefmt import format_us
+from notifier.schema.models import CATALOG, SCHEMA_VERSION
 
 KINDS: tuple[Kind, ...] = ("created", "updated", "deleted")
 
-NOTIFIER_EVENT_TYPES: tuple[str, ...] = (
-    "notifier.key.revoked",
-    "notifier.key.restored",
-    "notifier.key.idle",
-    "notifier.scope.denied",
-    "notifier.subscriber.disabled",
-    "notifier.reconcile.suspicious",
-    "notifier.test",
-)
+NOTIFIER_EVENT_TYPES: tuple[str, ...] = tuple(
+    t for t, et in CATALOG.items() if et.group == "notifier")
 """Events about the notifier itself (a test checks that the code publishes no other)."""
 
-
-SCHEMA_VERSION = 1
-"""The envelope's ``version`` (``notifier.schema.models`` owns the contract; a test checks
-that the two agree and that every event built here validates against it)."""
-
-_VERSION = b',"version":1'
+_VERSION = b',"version":%d' % SCHEMA_VERSION
 
 
 def known_event_types() -> list[str]:
-    """Every event type the notifier can publish: ``<singular>.<kind>`` for each resource,
-    the derived types and the ``notifier.*`` types. Subscriber patterns that match none of
-    them are typos."""
-    return [f"{r.singular}.{kind}" for r in RESOURCES.values() for kind in KINDS] \
-        + list(DERIVED_EVENT_TYPES) + list(NOTIFIER_EVENT_TYPES)
+    """Every event type the notifier can publish (the contract's catalog):
+    ``<singular>.<kind>`` for each resource, the derived types and the ``notifier.*`` types.
+    Subscriber patterns that match none of them are typos."""
+    return list(CATALOG)
 
 
 def canonical(value: Any) -> bytes:
@@ -142,9 +129,14 @@ def derived_event(cause: Event, derived: Derived, record: Mapping[str, Any], now
 
 def notifier_event(type_: str, practice: str, data: Mapping[str, Any], now: datetime,
                    *identity: str) -> Event:
-    """A ``notifier.*`` event; ``identity`` makes its id deterministic (e.g. the incident)."""
+    """A ``notifier.*`` event; ``identity`` makes its id deterministic (e.g. the incident).
+
+    ``data`` goes through the type's model (``notifier.schema.models``): a field of the
+    wrong name or type fails here, in the tests, not at a consumer."""
     eid = event_id(type_, practice, *identity)
     body = {"practice": practice, **data} if practice else dict(data)
+    body = CATALOG[type_].data.model_validate(body).model_dump(mode="json", by_alias=True,
+                                                               exclude_unset=True)
     envelope = {"id": eid, "type": type_, "timestamp": format_us(now),
                 "version": SCHEMA_VERSION, "data": body}
     payload = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
