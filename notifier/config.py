@@ -10,6 +10,7 @@ time they are needed, so a rotated key file is picked up on reload.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,7 +30,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from notifier import signing
-from notifier.core import resources
+from notifier.core import fields as known_fields
+from notifier.core import resources, shaping
 from notifier.delivery import safety
 from notifier.errors import ConfigError
 
@@ -67,6 +69,58 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+FieldNames = list[str] | dict[str, list[str]]
+"""A field list for every resource, or per resource: ``{ patients = [...], "*" = [...] }``
+(``*``: every resource not listed)."""
+
+
+def _field_table(value: FieldNames | None, what: str) -> dict[str, list[str]] | None:
+    """``value`` as resource -> names, each checked (ValueError names the problem): a
+    per-resource list against that resource's known fields, a list for every resource
+    (or ``*``) against the fields of all described resources together."""
+    if value is None:
+        return None
+    table = {shaping.ALL: value} if isinstance(value, list) else value
+    for resource, names in table.items():
+        if resource == shaping.ALL:
+            problem = known_fields.unknown_anywhere(names)
+        elif resource not in resources.RESOURCES:
+            raise ValueError(f"{what}: unknown resource {resource!r} (known: "
+                             f"{', '.join(sorted(resources.RESOURCES))}, or \"*\")")
+        else:
+            problem = known_fields.unknown(resource, names)
+        if problem is not None:
+            raise ValueError(f"{what}: {problem}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"{what}: a field is listed twice")
+    return table
+
+
+def _rules(allow: dict[str, list[str]] | None, deny: dict[str, list[str]] | None
+           ) -> dict[str, shaping.FieldRule]:
+    out: dict[str, shaping.FieldRule] = {}
+    for resource, names in (allow or {}).items():
+        out[resource] = shaping.FieldRule(allow=frozenset(names))
+    for resource, names in (deny or {}).items():
+        out[resource] = shaping.FieldRule(deny=frozenset(names))
+    return out
+
+
+class HeaderSource(_Strict):
+    """A header value from the environment or a file, like a secret."""
+
+    env: str | None = None
+    file: Path | None = None
+    value: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> HeaderSource:
+        given = [n for n in ("env", "file", "value") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("set exactly one of env, file, value")
+        return self
+
+
 def _read_secret(inline: SecretStr | None, env: str | None, file: Path | None,
                  what: str) -> str:
     """The secret from exactly one of its three sources; ConfigError names the problem."""
@@ -94,6 +148,9 @@ class RedisConfig(_Strict):
     stream: str = "dentally:events"
     prefix: str = Field(default="dentally-notifier", min_length=1)
     retention: Seconds = 604_800
+    stream_fields: FieldNames | None = None
+    """Keep only these record fields in the stream (all resources, or per resource): for
+    operators who want the minimum there too. Snapshots stay whole (diffs need them)."""
     consumer_groups: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     """Your own consumer groups on the stream: retention never trims what they have not
     read or acknowledged, as for the subscribers' groups."""
@@ -111,6 +168,18 @@ class RedisConfig(_Strict):
         except ValueError as exc:
             # the message never repeats the URL: it may carry a password
             raise ValueError(str(exc)) from None
+
+    @field_validator("stream_fields")
+    @classmethod
+    def _stream_fields(cls, value: FieldNames | None) -> FieldNames | None:
+        _field_table(value, "stream_fields")
+        return value
+
+    def stream_shape(self) -> shaping.Shape | None:
+        """How events are cut down before they enter the stream, if they are."""
+        table = _field_table(self.stream_fields, "stream_fields")
+        return None if table is None else shaping.Shape(fields=_rules(table, None),
+                                                        skip_hidden_updates=False)
 
 
 class PracticeConfig(_Strict):
@@ -191,6 +260,12 @@ class PracticeConfig(_Strict):
                             f"practice {self.name!r} API key")
 
 
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+RESERVED_HEADERS = frozenset({
+    "content-type", "content-length", "content-encoding", "transfer-encoding", "host",
+    "connection", "webhook-id", "webhook-timestamp", "webhook-signature"})
+
+
 class SubscriberConfig(_Strict):
     name: Name
     # Before ``url``: its validator reads it (fields are validated in this order).
@@ -209,6 +284,50 @@ class SubscriberConfig(_Strict):
     max_per_second: Seconds | None = None
     ordering: Literal["none", "per_record"] = "none"
     disable_after: Seconds = 432_000
+    payload: shaping.PayloadMode = "full"
+    fields: FieldNames | None = None
+    exclude_fields: FieldNames | None = None
+    practices: list[Name] | None = None
+    sites: list[Annotated[str, Field(min_length=1)]] | None = None
+    changed: list[str] | None = None
+    headers: dict[str, SecretStr | HeaderSource] = Field(default_factory=dict)
+    format: shaping.Format = "standard"
+
+    @field_validator("fields", "exclude_fields")
+    @classmethod
+    def _field_names(cls, value: FieldNames | None, info: ValidationInfo) -> FieldNames | None:
+        _field_table(value, str(info.field_name))
+        return value
+
+    @field_validator("changed")
+    @classmethod
+    def _changed(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("an empty list would deliver no update at all; leave it out")
+        singular = {r.singular: r.name for r in resources.RESOURCES.values()}
+        for item in value:
+            kind, dot, name = item.partition(".")
+            if not dot or kind not in singular:
+                raise ValueError(f"{item!r}: write <resource>.<field> with the resource in "
+                                 "the singular, e.g. \"appointment.state\"")
+            problem = known_fields.unknown(singular[kind], [name])
+            if problem is not None:
+                raise ValueError(f"{item!r}: {problem}")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, SecretStr | HeaderSource]
+                 ) -> dict[str, SecretStr | HeaderSource]:
+        for name in value:
+            if not HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid HTTP header name")
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"{name!r} is set by the notifier itself (signature, "
+                                 "content type, framing) and cannot be overridden")
+        return value
 
     @field_validator("url")
     @classmethod
@@ -237,6 +356,55 @@ class SubscriberConfig(_Strict):
             except ValueError as exc:
                 raise ConfigError(f"{what}: {exc}") from None
         return values
+
+    @model_validator(mode="after")
+    def _shaping(self) -> SubscriberConfig:
+        if self.fields is not None and self.exclude_fields is not None:
+            allow = _field_table(self.fields, "fields") or {}
+            deny = _field_table(self.exclude_fields, "exclude_fields") or {}
+            both = sorted(set(allow) & set(deny))
+            if both:
+                raise ValueError("set fields or exclude_fields for a resource, not both "
+                                 f"(both given for {', '.join(both)})")
+        if self.payload == "thin" and (self.fields is not None
+                                       or self.exclude_fields is not None):
+            raise ValueError('payload = "thin" sends no record fields: fields and '
+                             "exclude_fields have no effect with it; leave them out")
+        return self
+
+    def shape(self, regions: Mapping[str, str] | None = None) -> shaping.Shape:
+        """This subscriber's delivery rules (``regions``: practice -> region)."""
+        singular = {r.singular: r.name for r in resources.RESOURCES.values()}
+        changed: dict[str, set[str]] | None = None
+        if self.changed is not None:
+            changed = {}
+            for item in self.changed:
+                kind, _, name = item.partition(".")
+                changed.setdefault(singular[kind], set()).add(name)
+        return shaping.Shape(
+            payload=self.payload,
+            fields=_rules(_field_table(self.fields, "fields"),
+                          _field_table(self.exclude_fields, "exclude_fields")),
+            practices=frozenset(self.practices) if self.practices is not None else None,
+            sites=frozenset(self.sites) if self.sites is not None else None,
+            changed=({k: frozenset(v) for k, v in changed.items()}
+                     if changed is not None else None),
+            format=self.format, regions=dict(regions or {}))
+
+    def header_values(self) -> dict[str, str]:
+        """The extra headers, read from their sources (ConfigError names the header,
+        never its value)."""
+        out: dict[str, str] = {}
+        for name, source in self.headers.items():
+            what = f"subscriber {self.name!r} header {name!r}"
+            if isinstance(source, SecretStr):
+                value = source.get_secret_value()
+            else:
+                value = _read_secret(source.value, source.env, source.file, what)
+            if "\r" in value or "\n" in value:
+                raise ConfigError(f"{what}: the value contains a line break")
+            out[name] = value
+        return out
 
     @model_validator(mode="after")
     def _one_secret_source(self) -> SubscriberConfig:
@@ -295,6 +463,13 @@ class Settings(BaseSettings):
             for name in names:
                 if names.count(name) > 1:
                     raise ValueError(f"{what}: name {name!r} is used twice")
+        configured = {p.name for p in self.practices}
+        for sub in self.subscribers:
+            unknown = sorted(set(sub.practices or ()) - configured)
+            if self.practices and unknown:
+                raise ValueError(f"subscribers ({sub.name}).practices: no practice named "
+                                 f"{', '.join(map(repr, unknown))} (configured: "
+                                 f"{', '.join(sorted(configured))})")
         taken = {s.name for s in self.subscribers}
         for group in self.redis.consumer_groups:
             if group in taken:
@@ -304,8 +479,13 @@ class Settings(BaseSettings):
         return self
 
 
+def regions(settings: Settings) -> dict[str, str]:
+    """Practice name -> region (CloudEvents' ``source``)."""
+    return {p.name: p.region for p in settings.practices}
+
+
 RESTART_ONLY: dict[str, tuple[str, ...]] = {
-    "redis": ("url", "stream", "prefix"),
+    "redis": ("url", "stream", "prefix", "stream_fields"),
     "metrics": ("listen",),
 }
 """Settings a reload (SIGHUP) cannot apply: the daemon keeps the running values until it

@@ -60,6 +60,11 @@ class Metrics:
                             ["practice"], registry=r)
         self.deliveries = Counter(P + "deliveries", "Delivery attempts by outcome",
                                   ["subscriber", "outcome"], registry=r)
+        self.skipped = Counter(P + "deliveries_skipped",
+                               "Events not sent to a subscriber by its filters (practice, "
+                               "site, changed) or because an update changed only fields it "
+                               "may not see (excluded_only)", ["subscriber", "reason"],
+                               registry=r)
         self.delivery_seconds = Histogram(P + "delivery_seconds", "Delivery attempt latency",
                                           ["subscriber"], registry=r)
         self.retries_pending = Gauge(P + "retries_pending", "Events waiting for a retry",

@@ -84,7 +84,8 @@ class Daemon:
         self.config_path = config_path
         self.redis = redis
         self.keys = Keys(settings.redis.prefix)
-        self.store = Store(redis, self.keys, settings.redis.stream)
+        self.store = Store(redis, self.keys, settings.redis.stream,
+                           shape=settings.redis.stream_shape())
         self.notify = SystemdNotifier()
         self.keys_hub = KeyHub(settings.practices, pacer_for, plan_for)
         self.health = Health()
@@ -121,7 +122,8 @@ class Daemon:
     def _start_subscriber(self, cfg: SubscriberConfig) -> None:
         assert self._tg is not None
         make = partial(SubscriberWorker, self.redis, self.keys, self.store, cfg,
-                       health=self.health, metrics=self.metrics)
+                       health=self.health, metrics=self.metrics,
+                       regions=config.regions(self.settings))
         first = make()
         scope = anyio.CancelScope()
         self.subscribers[cfg.name] = (cfg, first, scope)
