@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from notifier.core.diff import IGNORED_FIELDS
+
 PayloadMode = Literal["full", "changes", "thin"]
 Format = Literal["standard", "cloudevents"]
 SkipReason = Literal["practice", "site", "changed", "excluded_only"]
@@ -145,7 +147,9 @@ def _record_rules(rules: Shape, resource: str, etype: str, data: dict[str, Any]
             data["record"] = {k: v for k, v in record.items() if rule.keeps(k)}
         if isinstance(changes, dict):
             kept = {k: v for k, v in changes.items() if rule.keeps(k)}
-            if is_update and changes and not kept and rules.skip_hidden_updates:
+            # (updated_at changes with every update: alone, it is no change to deliver)
+            if (is_update and changes and rules.skip_hidden_updates
+                    and kept.keys() <= IGNORED_FIELDS):
                 return Skip("excluded_only")
             data["changes"] = kept
     if rules.payload == "changes":

@@ -51,6 +51,8 @@ def test_update_of_excluded_fields_only_is_skipped() -> None:
     rules = Shape(fields={"patients": FieldRule(deny=frozenset({"date_of_birth",
                                                                 "nhs_number"}))})
     assert shape(rules, entry(changes={"nhs_number": [None, "1"]})) == Skip("excluded_only")
+    assert shape(rules, entry(changes={"nhs_number": [None, "1"], "updated_at": ["a", "b"]})
+                 ) == Skip("excluded_only")
     got = body(rules, entry(changes={"nhs_number": [None, "1"], "last_name": ["L", "M"]}))
     assert got["data"]["changes"] == {"last_name": ["L", "M"]}
     assert "nhs_number" not in got["data"]["record"]
