@@ -594,6 +594,7 @@ def load(path: Path, *, api_keys: bool = True, webhook_secrets: bool = True) -> 
     if webhook_secrets:
         for sub in settings.subscribers:
             sub.secret_values()
+            sub.header_values()
     return settings
 
 

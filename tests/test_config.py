@@ -216,3 +216,15 @@ def test_max_delete_fraction_defaults_and_is_bounded(tmp_path: Path,
     with pytest.raises(ConfigError) as info:
         config.load(write(tmp_path, patched))
     assert "practices[0] (main).max_delete_fraction" in str(info.value)
+
+
+def test_a_subscriber_header_from_an_unset_variable_fails_at_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_DENTALLY_KEY", "k")
+    monkeypatch.delenv("TEST_CRM_TOKEN", raising=False)
+    path = write(tmp_path, MINIMAL + 'headers = { Authorization = { env = "TEST_CRM_TOKEN" } }\n')
+    with pytest.raises(ConfigError, match="subscriber 'crm' header 'Authorization': "
+                                          "environment variable TEST_CRM_TOKEN is not set"):
+        config.load(path)
+    monkeypatch.setenv("TEST_CRM_TOKEN", "Bearer t")
+    assert config.load(path).subscribers[0].header_values() == {"Authorization": "Bearer t"}
