@@ -257,3 +257,32 @@ async def test_forget_leaves_no_trace_of_the_record(
     snaps = await redis.hgetall(keys.snapshots("main", "patients"))
     assert len(snaps) == 14
     assert all(codec.decode(b)["id"] for b in snaps.values())
+
+
+async def test_redelivered_dead_letters_are_shaped_like_deliveries(
+        redis: Redis, ns: Namespace, control: SandboxControl,
+        daemon_factory: Callable[..., Daemon]) -> None:
+    await control.seed("patients", 3, spread_days=1)
+    healthy = False
+    with Receiver(lambda r, n: Reply(200 if healthy else 500)) as rx:
+        daemon = daemon_factory(resources=["patients"], initial_sync="emit", subscribers=[
+            sub(rx.url, "ce", format="cloudevents", exclude_fields=sorted(EXCLUDED),
+                headers={"X-Token": "inline-token-77"})])
+        daemon.start()
+
+        async def dead() -> bool:
+            return bool(await redis.xlen(Keys(ns.prefix).sub("ce", "dead")) == 3)
+        await wait_until(dead, 30, "3 dead letters")
+        daemon.stop()
+        healthy = True
+        failed = len(rx.received)
+        done = cli("redeliver", "ce", "--config", str(daemon.config))
+        assert done.returncode == 0 and "redelivered 3 of 3" in done.stdout, done.stdout
+    assert failed == 6
+    for r in rx.received:
+        b = json.loads(r.body)
+        assert b["specversion"] == "1.0" and not keys_in(b) & EXCLUDED
+        assert r.headers["x-token"] == "inline-token-77"
+        assert r.headers["content-type"].startswith("application/cloudevents+json")
+        signing.verify([SECRET], r.headers, r.body, time.time())
+    assert "inline-token-77" not in daemon.log.read_text() + done.stdout
