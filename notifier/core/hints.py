@@ -78,12 +78,21 @@ def _split_event(event: str) -> tuple[str | None, str | None]:
     return (resource_named("_".join(words)) if words else None), action
 
 
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def _as_id(value: Any) -> str | None:
+    """An id fit for a URL path (integers, GUIDs); anything else is no id."""
+    if isinstance(value, str | int) and not isinstance(value, bool) and _ID.match(str(value)):
+        return str(value)
+    return None
+
+
 def _id_of(node: Any) -> str | None:
     if isinstance(node, Mapping):
         for key in _ID_KEYS:
-            value = node.get(key)
-            if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
-                return str(value)
+            if (found := _as_id(node.get(key))) is not None:
+                return found
     return None
 
 
@@ -139,9 +148,8 @@ def parse_hint(body: bytes, known: Collection[str] | None = None) -> Hint:
         singular = resources.get(resource).singular
         for node in (data, doc):
             if isinstance(node, Mapping):
-                value = node.get(f"{singular}_id")
-                if isinstance(value, str | int) and not isinstance(value, bool):
-                    record_id = str(value)
+                record_id = _as_id(node.get(f"{singular}_id"))
+                if record_id is not None:
                     break
         if record_id is None and data is None:
             record_id = _id_of(doc)

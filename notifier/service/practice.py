@@ -21,6 +21,7 @@ import anyio.abc
 from redis.exceptions import RedisError
 
 from notifier.config import PracticeConfig
+from notifier.core import hints as hint_rules
 from notifier.core import keylife as kl
 from notifier.core.budget import Budget, Plan
 from notifier.core.health import Health
@@ -79,6 +80,22 @@ class PracticeRunner:
         self._reload = anyio.Event()
         self._wake = anyio.Event()
         self._todo: list[kl.Action] = []
+        self.hint_states = {name: hint_rules.HintState(name, cfg.backstop_interval,
+                                                       cfg.hint_silence_after)
+                            for name in cfg.resources} if cfg.hinted else {}
+        """Each resource's Dentally webhook hints; they outlive a pause of the pollers."""
+        self.loops: dict[str, ResourceLoop] = {}
+
+    def hint(self, hint: hint_rules.Hint) -> None:
+        """A verified Dentally webhook for this practice (from the ingest endpoint, in
+        memory, no IO): its resource polls now, within the key's rate budget."""
+        state = self.hint_states.get(hint.resource)
+        if state is None:
+            return
+        state.hinted(self._wall())
+        loop = self.loops.get(hint.resource)
+        if loop is not None:
+            loop.hint(hint)
 
     @property
     def life(self) -> kl.KeyLife:
@@ -249,14 +266,19 @@ class PracticeRunner:
     async def _run_pollers(self, scope: anyio.CancelScope, client: DentallyClient,
                            store: Store) -> None:
         with scope:
-            async with anyio.create_task_group() as tg:
-                for name in self.cfg.resources:
-                    loop = ResourceLoop(store, self.cfg, name, client, self.life,
-                                        health=self.health, metrics=self.metrics,
-                                        wall=self._wall,
-                                        interval=effective_interval(self.plan, self.cfg,
-                                                                    name))
-                    tg.start_soon(loop.run)
+            try:
+                async with anyio.create_task_group() as tg:
+                    for name in self.cfg.resources:
+                        loop = ResourceLoop(store, self.cfg, name, client, self.life,
+                                            health=self.health, metrics=self.metrics,
+                                            wall=self._wall,
+                                            interval=effective_interval(self.plan, self.cfg,
+                                                                        name),
+                                            hints=self.hint_states.get(name))
+                        self.loops[name] = loop
+                        tg.start_soon(loop.run)
+            finally:
+                self.loops = {}
 
     async def _publish(self, p: kl.Publish) -> None:
         fp = self.life.fp

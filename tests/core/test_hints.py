@@ -70,6 +70,14 @@ def test_booleans_and_empty_ids_are_not_ids() -> None:
         is None
 
 
+@pytest.mark.parametrize("rid", ["../user", "1/2", "a b", "x" * 65, "1?q=2"])
+def test_ids_unfit_for_a_path_are_dropped(rid: str) -> None:
+    assert h.parse_hint(body({"event": "patient.updated", "data": {"id": rid}})).record_id \
+        is None
+    assert h.parse_hint(body({"event": "patient.updated", "data": {"patient_id": rid}})) \
+        .record_id is None
+
+
 @given(st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=8),
                     lambda c: st.lists(c, max_size=3)
                     | st.dictionaries(st.text(max_size=8), c, max_size=3), max_leaves=12))
