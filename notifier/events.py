@@ -29,6 +29,7 @@ NOTIFIER_EVENT_TYPES: tuple[str, ...] = (
     "notifier.subscriber.disabled",
     "notifier.reconcile.suspicious",
     "notifier.dentally_webhook.silent",
+    "notifier.dentally_webhook.inactive",
     "notifier.test",
 )
 """Events about the notifier itself (a test checks that the code publishes no other)."""

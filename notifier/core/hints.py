@@ -340,3 +340,57 @@ class HintState:
             self.mode = Mode.SILENT
             return Silent(self.resource, self.last_hint_at, now, self.silence_after)
         return None
+
+
+# -- Dentally's own view of its webhooks (GET /v1/webhooks) ------------------------------
+
+INACTIVE = "notifier.dentally_webhook.inactive"
+"""Published when Dentally has switched one of the practice's webhooks off."""
+
+
+@dataclass(frozen=True)
+class Webhook:
+    """One webhook as ``GET /v1/webhooks`` lists it (its URL left out: it may carry a
+    token, and status shows what Redis holds)."""
+
+    id: str
+    active: bool | None
+    failed_deliveries: int | None
+    successful_deliveries: int | None
+    last_delivered_at: str | None
+    events: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "active": self.active,
+                "failed_deliveries": self.failed_deliveries,
+                "successful_deliveries": self.successful_deliveries,
+                "last_delivered_at": self.last_delivered_at, "events": list(self.events)}
+
+
+def _count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def parse_webhooks(body: Any) -> list[Webhook]:
+    """``{"webhooks": [...]}`` (or a bare list) as :class:`Webhook` rows; fields that are
+    missing or of another type are None. ValueError when the body is no list at all."""
+    rows = body.get("webhooks") if isinstance(body, Mapping) else body
+    if not isinstance(rows, list):
+        raise ValueError("no 'webhooks' list in the body")
+    out = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, Mapping):
+            continue
+        active = row.get("active")
+        events = row.get("events")
+        out.append(Webhook(
+            str(row.get("id", i)), active if isinstance(active, bool) else None,
+            _count(row.get("failed_deliveries")), _count(row.get("successful_deliveries")),
+            str(row["last_delivered_at"]) if row.get("last_delivered_at") else None,
+            tuple(str(e) for e in events) if isinstance(events, list) else ()))
+    return out
+
+
+def inactive(hooks: Sequence[Webhook]) -> list[Webhook]:
+    """The webhooks Dentally has switched off (``active`` false, not merely unknown)."""
+    return [w for w in hooks if w.active is False]

@@ -204,3 +204,23 @@ def test_changes_without_hints_mean_silent_once() -> None:
 def test_never_hinted_is_never_silent() -> None:
     s = h.HintState("invoices", backstop=300, silence_after=900)
     assert s.polled(10_000.0, found_changes=True) is None
+
+
+# -- GET /v1/webhooks -------------------------------------------------------------------
+
+def test_webhooks_listing_is_read_tolerantly() -> None:
+    hooks = h.parse_webhooks({"webhooks": [
+        {"id": 1, "url": "https://x/?token=secret", "active": True, "failed_deliveries": 0,
+         "successful_deliveries": 12, "last_delivered_at": "2026-11-28T03:00:00Z",
+         "events": ["patient.updated"]},
+        {"id": "2", "active": False, "failed_deliveries": 50},
+        {"active": "yes", "failed_deliveries": "many"},
+        "junk"]})
+    assert [w.id for w in hooks] == ["1", "2", "2"]     # no id: its position
+    assert hooks[0].successful_deliveries == 12 and hooks[0].events == ("patient.updated",)
+    assert "url" not in hooks[0].as_dict()
+    assert hooks[2].active is None and hooks[2].failed_deliveries is None
+    assert h.inactive(hooks) == [hooks[1]]
+    assert h.parse_webhooks([]) == []
+    with pytest.raises(ValueError, match="webhooks"):
+        h.parse_webhooks({"error": "nope"})

@@ -197,3 +197,33 @@ async def test_a_silent_webhook_is_detected_once(
     found = await silent()
     assert len(found) == 1 and found[0]["data"]["resource"] == "patients"
     assert len(await record_events(redis, ns)) == 4
+
+
+async def test_check_status_and_an_inactive_webhook(
+        redis: Redis, ns: Namespace, control: SandboxControl, tmp_path: Any,
+        daemon_factory: Callable[..., Daemon]) -> None:
+    import io
+
+    from notifier import config
+    from notifier.service import check, status
+
+    await control.seed("patients", 5)
+    url = await started(daemon_factory, redis, ns, control)
+    settings = config.load(sorted(tmp_path.glob("config*.toml"))[-1])
+    out = io.StringIO()
+    assert await check.run(settings, out)
+    assert "Dentally webhooks  ok    #1 active, 0 failed" in out.getvalue().replace(
+        "main: ", "")
+    await control.dentally_webhooks(active=False)      # Dentally switched it off
+    out = io.StringIO()
+    assert not await check.run(settings, out)
+    assert "#1 INACTIVE" in out.getvalue()
+
+    async def inactive() -> bool:
+        return any(e["type"] == hints.INACTIVE for e in await stream_events(redis, ns.stream))
+    await wait_until(inactive, 15, "notifier.dentally_webhook.inactive")
+    out = io.StringIO()
+    await status.run(settings, out, as_json=False)
+    assert "Dentally webhooks (listed" in out.getvalue()
+    assert "#1 INACTIVE (switched off by Dentally), 0 failed / 0 delivered" in out.getvalue()
+    assert url not in out.getvalue()
