@@ -227,3 +227,30 @@ async def test_check_status_and_an_inactive_webhook(
     assert "Dentally webhooks (listed" in out.getvalue()
     assert "#1 INACTIVE (switched off by Dentally), 0 failed / 0 delivered" in out.getvalue()
     assert url not in out.getvalue()
+
+
+async def test_a_flood_of_genuine_hints_stays_within_the_share(
+        redis: Redis, ns: Namespace, control: SandboxControl,
+        daemon_factory: Callable[..., Daemon]) -> None:
+    """Every hint is signed and new, 50 a second for 4 s: the polls they trigger are
+    coalesced (1/s per resource) and paced by the budget (the share: 6 requests per 3 s
+    window here), never one request per hint."""
+    await control.seed("patients", 5)
+    await control.seed("payments", 5)
+    url = await started(daemon_factory, redis, ns, control, hook=False,
+                        resources=["patients", "payments"], rate_window=3,
+                        max_requests_per_hour=6)
+    await anyio.sleep(3.5)     # the first sync's requests leave the window
+    before = await requests_made(control)
+    t0 = time.monotonic()
+    async with httpx.AsyncClient() as http:
+        for i in range(200):
+            resource = ("patient", "payment")[i % 2]
+            raw = json.dumps({"event": f"{resource}.updated", "data": {"id": 10_000 + i}})
+            await http.post(url, content=raw.encode(),
+                            headers={hints.Scheme().header: hints.sign(SECRET, raw.encode())})
+            await anyio.sleep(0.02)
+    spent = await requests_made(control) - before
+    elapsed = time.monotonic() - t0
+    windows = elapsed / 3 + 1
+    assert spent <= 6 * windows + 2, (spent, elapsed)
