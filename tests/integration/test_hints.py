@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 from notifier.core import hints
 from notifier.ops.http import free_port
 from notifier.sandbox.control import SandboxControl
+from notifier.store.keys import Keys
 from tests.conftest import Namespace
 from tests.helpers import stream_events
 from tests.integration.daemon import Daemon, wait_until
@@ -86,6 +87,11 @@ async def test_forged_replayed_or_oversized_webhooks_cost_no_request(
         daemon_factory: Callable[..., Daemon]) -> None:
     await control.seed("patients", 5)
     url = await started(daemon_factory, redis, ns, control, hook=False)
+    key_state = Keys(ns.prefix).key_state("main")
+
+    async def listed() -> bool:     # the hourly GET /v1/webhooks is not a hint's cost
+        return bool(await redis.hget(key_state, "dentally_webhooks_at"))
+    await wait_until(listed, 15, "the daemon's first listing of Dentally's webhooks")
     body = json.dumps({"event": "patient.updated", "object": "patient",
                        "data": {"id": 1}}).encode()
     good = {hints.Scheme().header: hints.sign(SECRET, body)}
@@ -229,6 +235,7 @@ async def test_check_status_and_an_inactive_webhook(
     assert url not in out.getvalue()
 
 
+@pytest.mark.slow
 async def test_a_flood_of_genuine_hints_stays_within_the_share(
         redis: Redis, ns: Namespace, control: SandboxControl,
         daemon_factory: Callable[..., Daemon]) -> None:
