@@ -74,7 +74,7 @@ class ResourceLoop:
         """The resource's Dentally webhook hints (None: the practice takes none)."""
         self._wake = anyio.Event()
         self._hinted_ids: set[str] = set()
-        self._noted_mode: str | None = None
+        self._noted: tuple[str, float | None] | None = None
 
     def hint(self, hint: hint_rules.Hint) -> None:
         """A Dentally webhook named this resource: poll now (coalesced to one triggered
@@ -115,11 +115,11 @@ class ResourceLoop:
                                    datetime.fromtimestamp(self._wall(), UTC), self.name,
                                    str(int(silent.last_hint_at)))
             await self.store.publish(event)
-        mode = self.hints.mode.value
-        if mode != self._noted_mode:
-            await self.store.note(self.cfg.name, self.name, hint_mode=mode,
-                                  last_hint_at=str(self.hints.last_hint_at or ""))
-            self._noted_mode = mode
+        noted = (self.hints.mode.value, self.hints.last_hint_at)
+        if noted != self._noted:     # for status: one write per poll at most
+            await self.store.note(self.cfg.name, self.name, hint_mode=noted[0],
+                                  last_hint_at=str(noted[1] or ""))
+            self._noted = noted
         return published
 
     async def run(self) -> None:
