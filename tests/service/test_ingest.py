@@ -168,3 +168,18 @@ async def test_forwarded_for_is_logged_only_from_trusted_proxies(
             with caplog.at_level(logging.WARNING, "notifier.ingest"):
                 await c.post(URL, content=b"{}", headers={"X-Forwarded-For": "6.6.6.6"})
         assert f"(from {want};" in caplog.text
+
+
+async def test_a_reload_takes_the_new_secret_and_keeps_the_replay_memory() -> None:
+    w = World()
+    raw, headers = signed({"event": "patient.updated", "data": {"id": 1}})
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=w.ingest.app())) as c:
+        assert (await c.post(URL, content=raw, headers=headers)).status_code == 202
+        w.ingest.configure(IngestConfig(), [practice(webhook_secret="rotated")])
+        assert (await c.post(URL, content=raw, headers=headers)).status_code == 401
+        again = {"X-Dentally-Signature": hints.sign("rotated", raw)}
+        r = await c.post(URL, content=raw, headers=again)
+        assert r.status_code == 202 and r.json()["ignored"] == "seen before"
+        w.ingest.configure(IngestConfig(), [practice(webhook_secret=None)])
+        assert (await c.post(URL, content=raw, headers=again)).status_code == 404
+    assert len(w.got) == 1
