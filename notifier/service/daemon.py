@@ -44,6 +44,7 @@ log = logging.getLogger("notifier.daemon")
 TRIM_INTERVAL = 60.0
 STATUS_EVERY = 10.0
 METRICS_EVERY = 2.0
+INGEST_CONNECTIONS = 256
 
 
 def pool_size(settings: Settings) -> int:
@@ -255,8 +256,10 @@ class Daemon:
         hinted = [p.name for p in self.settings.practices if p.hinted]
         log.info("Dentally webhooks on http://%s/dentally/<practice> (%s)", listen,
                  ", ".join(hinted) or "no practice has a webhook_secret yet")
-        # Proxy headers are ours to judge (core.hints.client_address), not uvicorn's.
-        await serve_app(self.ingest.app(), sock, proxy_headers=False)
+        # Proxy headers are ours to judge (core.hints.client_address), not uvicorn's; a
+        # flood of connections gets 503s past INGEST_CONNECTIONS, never the daemon's memory.
+        await serve_app(self.ingest.app(), sock, proxy_headers=False,
+                        limit_concurrency=INGEST_CONNECTIONS, timeout_keep_alive=5)
 
     async def _refresh_metrics(self) -> None:
         """Gauges that live in Redis and in the runners, every few seconds."""
