@@ -208,6 +208,15 @@ class PracticeConfig(_Strict):
     rate_window: Seconds = 3600.0
     key_probe_interval: Seconds = 3600.0
     scope_recheck_interval: Seconds = 86_400.0
+    webhook_secret: SecretStr | None = None
+    webhook_secret_env: str | None = None
+    webhook_secret_file: Path | None = None
+    """The secret of the practice's Dentally webhooks (at most one source): with one set,
+    ``[ingest] listen`` serves ``POST /dentally/<name>`` and hints make polls come early."""
+    backstop_interval: Seconds = 300.0
+    """While Dentally's webhooks keep arriving, a hinted resource polls this seldom."""
+    hint_silence_after: Seconds = 900.0
+    """No hint for this long while polls still find changes: the webhook is broken."""
 
     @field_validator("resources")
     @classmethod
@@ -244,9 +253,30 @@ class PracticeConfig(_Strict):
                              + (f" (got {', '.join(given)})" if given else ""))
         return self
 
+    @model_validator(mode="after")
+    def _one_webhook_secret_source(self) -> PracticeConfig:
+        given = [n for n in ("webhook_secret", "webhook_secret_env", "webhook_secret_file")
+                 if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError("set at most one of webhook_secret_env, webhook_secret_file, "
+                             f"webhook_secret (got {', '.join(given)})")
+        return self
+
     @property
     def url(self) -> str:
         return self.base_url or REGIONS[self.region]
+
+    @property
+    def hinted(self) -> bool:
+        """Whether this practice takes Dentally's webhooks (a secret is configured)."""
+        return any(getattr(self, n) is not None
+                   for n in ("webhook_secret", "webhook_secret_env", "webhook_secret_file"))
+
+    def webhook_secret_values(self) -> list[str]:
+        """The webhook secrets (several, space-separated, while rotating)."""
+        return _read_secret(self.webhook_secret, self.webhook_secret_env,
+                            self.webhook_secret_file,
+                            f"practice {self.name!r} webhook secret").split()
 
     def interval(self, resource: str) -> float:
         if resource in self.intervals:
@@ -415,18 +445,50 @@ class SubscriberConfig(_Strict):
         return self
 
 
+def _check_listen(value: str | None, example: str = "127.0.0.1:9464") -> str | None:
+    if value is None:
+        return value
+    _, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be host:port with a port from 1 to 65535, e.g. \"{example}\"")
+    return value
+
+
 class MetricsConfig(_Strict):
     listen: str | None = None
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        _, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be host:port with a port from 1 to 65535, "
-                             "e.g. \"127.0.0.1:9464\"")
+        return _check_listen(value)
+
+
+MAX_HINT_BODY = 1 << 20
+
+
+class IngestConfig(_Strict):
+    """The endpoint for Dentally's own webhooks (``POST /dentally/<practice>``)."""
+
+    listen: str | None = None
+    signature_header: str = Field(default="X-Dentally-Signature", min_length=1)
+    signature_encoding: Literal["hex", "base64"] = "hex"
+    signature_prefix: str = ""
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """Addresses or networks of reverse proxies whose ``X-Forwarded-For`` is believed."""
+    max_body: Annotated[int, Field(ge=1024, le=MAX_HINT_BODY)] = MAX_HINT_BODY
+    replay_window: Seconds = 600.0
+    """A signed body seen again within this long is ignored (a replay, or a duplicate)."""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        return _check_listen(value, "0.0.0.0:8090")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        from notifier.core.hints import networks
+        networks(value)
         return value
 
 
@@ -445,6 +507,7 @@ class Settings(BaseSettings):
     practices: list[PracticeConfig] = Field(default_factory=list)
     subscribers: list[SubscriberConfig] = Field(default_factory=list)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     @classmethod
@@ -487,6 +550,7 @@ def regions(settings: Settings) -> dict[str, str]:
 RESTART_ONLY: dict[str, tuple[str, ...]] = {
     "redis": ("url", "stream", "prefix", "stream_fields"),
     "metrics": ("listen",),
+    "ingest": ("listen",),
 }
 """Settings a reload (SIGHUP) cannot apply: the daemon keeps the running values until it
 restarts. Everything else (practices, subscribers, ``[log]``, ``[redis] retention`` and
@@ -595,6 +659,9 @@ def load(path: Path, *, api_keys: bool = True, webhook_secrets: bool = True) -> 
         for sub in settings.subscribers:
             sub.secret_values()
             sub.header_values()
+        for practice in settings.practices:
+            if practice.hinted:
+                practice.webhook_secret_values()
     return settings
 
 
@@ -605,6 +672,9 @@ def secret_files(settings: Settings) -> list[tuple[str, Path]]:
         if p.api_key_file is not None:
             out.append((f"practices[{i}] ({p.name}).api_key_file",
                         Path(os.path.expandvars(str(p.api_key_file)))))
+        if p.webhook_secret_file is not None:
+            out.append((f"practices[{i}] ({p.name}).webhook_secret_file",
+                        Path(os.path.expandvars(str(p.webhook_secret_file)))))
     for i, sub in enumerate(settings.subscribers):
         if sub.secret_file is not None:
             out.append((f"subscribers[{i}] ({sub.name}).secret_file",

@@ -73,6 +73,12 @@ class Metrics:
                                   ["subscriber"], registry=r)
         self.lag = Gauge(P + "consumer_lag", "Events not yet read or acknowledged",
                          ["subscriber"], registry=r)
+        self.hints = Counter(P + "webhook_hints", "Dentally webhooks received, by outcome "
+                             "(accepted, replayed, ignored, unsigned, bad_signature, "
+                             "too_large, unknown_practice)", ["practice", "outcome"],
+                             registry=r)
+        self.hint_polls = Counter(P + "hint_polls", "Polls a Dentally webhook brought "
+                                  "forward", ["practice", "resource"], registry=r)
         self.stream_length = Gauge(P + "stream_length", "Events in the stream", registry=r)
 
     def render(self) -> bytes:
