@@ -53,6 +53,36 @@ DERIVED_EVENT_TYPES: tuple[str, ...] = (
 )
 """Every derived type (a test checks each has rules, tests, a schema and docs)."""
 
+_STATE = ("state",)
+READS: dict[str, tuple[str, ...]] = {
+    "appointment.state_changed": _STATE,
+    **{t: _STATE for t in STATE_SHORTCUTS.values()},
+    "appointment.rescheduled": ("start_time",),
+    "patient.archived": ("active",),
+    "patient.reactivated": ("active",),
+    "patient.contact_changed": CONTACT_FIELDS,
+    "invoice.paid": ("paid", "amount_outstanding"),
+    "invoice.overdue": ("due_on", "amount_outstanding"),
+    "payment.received": ("amount",),
+    "payment.refunded": ("amount",),
+}
+"""The record fields each rule reads: a subscriber that may see none of them must not
+receive the event (its type alone would tell what changed)."""
+
+DETAILS: dict[str, dict[str, str]] = {
+    "appointment.state_changed": {"from": "state", "to": "state"},
+    **{t: {"from": "state", "to": "state"} for t in STATE_SHORTCUTS.values()},
+    "appointment.rescheduled": {"from": "start_time", "to": "start_time"},
+    "patient.archived": {"archived_reason": "archived_reason"},
+    "invoice.paid": {"amount": "amount"},
+    "invoice.overdue": {"due_on": "due_on", "amount_outstanding": "amount_outstanding"},
+    "payment.received": {"amount": "amount"},
+    "payment.refunded": {"amount": "amount"},
+}
+"""Each derived type's ``data`` details -> the record field whose value they carry, so
+that a subscriber's field rules apply to them as to ``record`` (``changes`` are the
+record's fields already)."""
+
 Record = Mapping[str, Any]
 
 
@@ -204,6 +234,9 @@ RULES: dict[str, Callable[[Record | None, Record], list[Derived]]] = {
     "payments": payment,
 }
 """Resource -> its rules. Resources absent here derive nothing."""
+
+
+assert set(READS) == set(DERIVED_EVENT_TYPES) and set(DETAILS) <= set(READS)
 
 
 def derive(resource: str, old: Record | None, new: Record) -> list[Derived]:

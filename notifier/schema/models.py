@@ -149,6 +149,30 @@ class ReconcileSuspiciousData(_Practice):
     action: str
 
 
+class DentallyWebhookSilentData(_Practice):
+    resource: str
+    last_hint_at: float | None = Field(description="when the last hint came (Unix seconds)")
+    silence_after: float = Field(description="seconds of silence, with changes found, that "
+                                             "count as lost hints")
+    action: str
+
+
+class DentallyWebhook(_Model):
+    """One of Dentally's webhooks as ``GET /v1/webhooks`` lists it (its URL left out)."""
+
+    id: str
+    active: bool | None
+    failed_deliveries: int | None
+    successful_deliveries: int | None
+    last_delivered_at: str | None
+    events: list[str]
+
+
+class DentallyWebhookInactiveData(_Practice):
+    webhook: DentallyWebhook
+    action: str
+
+
 class TestData(_Model):
     subscriber: str
     message: str
@@ -217,6 +241,13 @@ _NOTIFIER: dict[str, tuple[type[BaseModel], str]] = {
                                                                "than ``max_delete_fraction`` "
                                                                "of a resource; none "
                                                                "published"),
+    "notifier.dentally_webhook.silent": (DentallyWebhookSilentData, "Dentally's webhooks "
+                                         "for a resource went silent while polls still "
+                                         "found changes: hints are being lost; polling is "
+                                         "back at its normal interval"),
+    "notifier.dentally_webhook.inactive": (DentallyWebhookInactiveData, "Dentally switched "
+                                           "one of the practice's webhooks off (50 failed "
+                                           "deliveries)"),
     "notifier.test": (TestData, "sent by ``check --send-test`` only"),
 }
 

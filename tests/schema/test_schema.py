@@ -12,7 +12,7 @@ import pytest
 from openapi_spec_validator import validate as validate_openapi
 
 from notifier import cli, events
-from notifier.core import reconcile
+from notifier.core import hints, reconcile
 from notifier.core.derive import DERIVED_EVENT_TYPES, Derived
 from notifier.core.resources import RESOURCES
 from notifier.sandbox.api import RECORD_FIELDS
@@ -116,6 +116,10 @@ def test_notifier_events_as_their_producers_build_them_validate() -> None:
         ("notifier.subscriber.disabled", "", {"subscriber": "crm", "reason": "410",
                                               "action": "x"}),
         ("notifier.reconcile.suspicious", "main", deletions.data("patients", 0.2, "x")),
+        ("notifier.dentally_webhook.silent", "main", hints.Silent(
+            "patients", 1795791600.0, 1795795200.0, 3600.0).data()),
+        ("notifier.dentally_webhook.inactive", "main", {"webhook": hints.Webhook(
+            "12", False, 50, 3, None, ("patient.updated",)).as_dict(), "action": "x"}),
         ("notifier.test", "", {"subscriber": "crm", "message": "hello"}),
     ]
     assert {c[0] for c in cases} == set(events.NOTIFIER_EVENT_TYPES)
