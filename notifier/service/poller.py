@@ -22,6 +22,7 @@ from notifier.core import cursor
 from notifier.core import reconcile as rules
 from notifier.core.diff import dedupe, page_diff, updated_ms
 from notifier.core.resources import Resource
+from notifier.core.text import plural
 from notifier.core.timefmt import format_ms, format_us
 from notifier.dentally.client import DentallyClient, Page
 from notifier.errors import NotFound, PageTooDeep
@@ -355,12 +356,8 @@ class ResourcePoller:
         self._stat("incomplete", reader.incomplete)
         fields: dict[str, str] = {}
         if reader.rereads or reader.incomplete:
-            what = "sweep" if not persist else "poll"
-            fields["reread_note"] = (
-                f"{what} re-read windows {reader.rereads} times"
-                + (f"; {reader.incomplete} window(s) still incomplete"
-                   + (", retried next poll" if later else ", missing ids fetched one by one")
-                   if reader.incomplete else "; all read completely"))
+            fields["reread_note"] = reread_note("poll" if persist else "sweep",
+                                                reader.rereads, reader.incomplete, later)
             fields["reread_at"] = str(self._wall())
             log.info("%s", fields["reread_note"], extra=self._extra)
         if persist:
@@ -421,8 +418,8 @@ class ResourcePoller:
         await store.note(self.practice, name, last_reconcile_at=str(self._wall()),
                          reconcile_due="")
         if deleted or missing:
-            log.info("reconciliation: %d deleted, %d skipped rows found", deleted,
-                     len(missing) - len(gone), extra=self._extra)
+            log.info("reconciliation: %s deleted, %s found", deleted,
+                     plural(len(missing) - len(gone), "skipped row", "skipped rows"), extra=self._extra)
         return deleted, published
 
     async def _accepted(self) -> int | None:
@@ -465,6 +462,15 @@ class ResourcePoller:
                                 deletes=[rid], events=[event])
         self._events([event])
         return 1
+
+
+def reread_note(what: str, rereads: int, incomplete: int, later: bool) -> str:
+    """The status line for a poll or sweep that had to re-read windows."""
+    if not incomplete:
+        return f"{what} re-read windows {plural(rereads, 'time')}; all read completely"
+    return (f"{what} re-read windows {plural(rereads, 'time')}; "
+            f"{plural(incomplete, 'window')} still incomplete, "
+            + ("retried next poll" if later else "missing ids fetched one by one"))
 
 
 def sole(group: BaseExceptionGroup[BaseException]) -> BaseException:
