@@ -457,17 +457,26 @@ class Campaign:
                                    for g in groups}}
         return ev
 
-    async def converged(self) -> bool:
+    async def pending(self) -> list[str]:
+        """What the daemon has yet to do (empty: caught up): records whose checks fail,
+        events a subscriber has not acknowledged. The same rules as the final check: a
+        subscriber never gets the notice of its own disabling, so that one is not waited
+        for (waiting for it made every run with a 410 wait the whole settle time)."""
         ev = await self.evidence()
-        if checker.check_records(ev):
-            return False
-        types = {e["id"]: e["type"] for e in ev.events}
+        out = [f"{v.check} {v.subject}: {v.detail}" for v in checker.check_records(ev)]
+        types = {str(e["id"]): str(e["type"]) for e in ev.events}
         for sub in ev.subscribers:
+            own = {str(e["id"]) for e in ev.events
+                   if e["type"] == "notifier.subscriber.disabled"
+                   and (e.get("data") or {}).get("subscriber") == sub.name}
             ok = {r.webhook_id for r in sub.receipts if r.success}
-            for eid, t in types.items():
-                if any(fnmatch.fnmatchcase(t, p) for p in sub.patterns) and eid not in ok:
-                    return False
-        return True
+            missing = [eid for eid, t in types.items()
+                       if any(fnmatch.fnmatchcase(t, p) for p in sub.patterns)
+                       and eid not in ok and eid not in own]
+            if missing:
+                out.append(f"{sub.name}: {len(missing)} events not acknowledged "
+                           f"(first {missing[0]})")
+        return out
 
     # -- the run --------------------------------------------------------------------------
     async def run(self) -> Result:
@@ -540,11 +549,17 @@ class Campaign:
             self.faults.append(checker.FaultRecord("daemon.sighup", hup, time.time(),
                                                    "reconcile_interval 4 (quiet phase)"))
             self.log("faults over; waiting for the daemon to catch up")
-            deadline = time.time() + opts.settle
-            while time.time() < deadline and not await self.converged():  # noqa: ASYNC110
+            quiet = time.time()
+            deadline = quiet + opts.settle
+            left = ["not checked"]
+            while time.time() < deadline and (left := await self.pending()):  # noqa: ASYNC110
                 await anyio.sleep(0.5)
             caught_up = time.time()
-            self.log(f"caught up: {time.time() < deadline}")
+            if left:
+                self.log(f"not caught up after {opts.settle:.0f}s: " + "; ".join(left[:5])
+                         + (f" (and {len(left) - 5} more)" if len(left) > 5 else ""))
+            else:
+                self.log(f"caught up in {caught_up - quiet:.1f}s")
             await anyio.sleep(1.5)   # late duplicates would arrive now
             tg.cancel_scope.cancel()
         self.excuse_start("daemon down")
