@@ -35,6 +35,7 @@ from redis.asyncio import Redis
 from notifier.sandbox.control import SandboxControl
 from notifier.sandbox.server import SandboxThread
 from notifier.sandbox.state import Sandbox
+from notifier.store.codec import Codec
 from notifier.store.keys import Keys
 from tests.campaign import checker
 from tests.campaign.faults import Fault, all_faults
@@ -478,6 +479,34 @@ class Campaign:
                            f"(first {missing[0]})")
         return out
 
+    async def explain(self, ev: checker.Evidence, subject: str) -> None:
+        """A lost record's story: its writes, its events and the snapshot we hold."""
+        resource, _, rid = subject.partition("/")
+        t0 = self.started
+        for w in ev.writes:
+            if (w["resource"], w["record_id"]) == (resource, rid):
+                self.log(f"  {subject} write +{w['at'] - t0:.3f}s updated_ms "
+                         f"{w['updated_ms']} {'deleted' if w['deleted'] else w['hash'][:8]}")
+        for e in ev.events:
+            d = e.get("data") or {}
+            if (d.get("resource"), str(d.get("record_id"))) == (resource, rid):
+                h = checker.content_hash(d["record"]) if "record" in d else "-"
+                self.log(f"  {subject} event +{e['_stream_at'] - t0:.3f}s {e['type']} "
+                         f"updated_at {d.get('updated_at')} {h[:8]}")
+        keys = Keys(self.prefix)
+        blob = await self.redis.hget(keys.snapshots("main", resource), rid)
+        if blob is None:
+            self.log(f"  {subject} no snapshot")
+            return
+        codec = Codec(await self.redis.get(keys.zdict("main", resource)))
+        try:
+            canon, seen = codec.read(blob)
+            record = json.loads(canon)
+            self.log(f"  {subject} snapshot updated_at {record.get('updated_at')} "
+                     f"{checker.content_hash(record)[:8]} seen_at {seen}")
+        except ValueError as exc:
+            self.log(f"  {subject} snapshot unreadable: {exc}")
+
     # -- the run --------------------------------------------------------------------------
     async def run(self) -> Result:
         opts = self.opts
@@ -572,6 +601,9 @@ class Campaign:
         limits = checker.Limits(self.token, self.share, self.rate_window, self.keepalive,
                                 version_due=max(4.0, 3 * self.poll_interval))
         violations = self.violations + checker.check(ev, limits, opts.skip_checks)
+        for v in violations:
+            if v.check in ("lost", "lost-version"):
+                await self.explain(ev, v.subject)
         table = checker.table(ev, violations, opts.seed, opts.seconds / 60)
         await self.workload.control.aclose()
         return Result(opts.seed, violations, table, ev)
