@@ -13,6 +13,8 @@ that time (``seen_at``; :func:`seen_mark`), and content that differs from it is 
 however late it is read. A snapshot without ``seen_at`` was not ahead when seen (or was
 stored by an older version: then the server's clock now is the bound).
 
+Only ``updated_at`` moving on is a change too (see :data:`STAMP_FIELDS`).
+
 Seed mode (``initial_sync = "seed"``): until the first full sync is done, records met for
 the first time are stored silently instead of published as ``created``.
 """
@@ -27,8 +29,13 @@ from notifier.core.timefmt import parse_ms
 
 Kind = Literal["created", "updated", "deleted"]
 
-# Fields whose change alone is not a change of the record (a "touch").
-IGNORED_FIELDS = frozenset({"updated_at"})
+# Fields whose change alone is a change of the record only if the stamp moved on: a later
+# ``updated_at`` with nothing else changed is a version Dentally shows (an edit and its
+# revert between two polls, or while the daemon was down; a save that changed nothing) and
+# is published, or the consumer's copy would keep an old ``updated_at`` for good and the
+# edit would leave no trace (campaign seed 101). The same instant written another way (an
+# other offset) is stored silently.
+STAMP_FIELDS = frozenset({"updated_at"})
 
 _MISSING: Any = object()
 
@@ -82,8 +89,8 @@ def diff(old: Mapping[str, Any] | None, new: Mapping[str, Any],
     ``server_now``: the server's time (ms) as ``new`` was read; ``seen_at``: the server
     time ``old`` was seen at, stored with it when its stamp was ahead of that (then the
     stamp is never trusted). Returns ``(change, store)``: the change to publish (None for
-    none) and whether the snapshot must be replaced by ``new`` (a touch stores silently; a
-    stale copy does not).
+    none) and whether the snapshot must be replaced by ``new`` (the same stamp written
+    another way stores silently; a stale copy does not).
     """
     if old is None:
         return Change("created"), True
@@ -95,7 +102,8 @@ def diff(old: Mapping[str, Any] | None, new: Mapping[str, Any],
     changes = field_changes(old, new)
     if not changes:
         return None, False
-    if changes.keys() <= IGNORED_FIELDS:
+    if changes.keys() <= STAMP_FIELDS and (old_ms is None or new_ms is None
+                                           or new_ms <= old_ms):
         return None, True
     return Change("updated", changes), True
 

@@ -419,7 +419,8 @@ class ResourcePoller:
                          reconcile_due="")
         if deleted or missing:
             log.info("reconciliation: %s deleted, %s found", deleted,
-                     plural(len(missing) - len(gone), "skipped row", "skipped rows"), extra=self._extra)
+                     plural(len(missing) - len(gone), "skipped row", "skipped rows"),
+                     extra=self._extra)
         return deleted, published
 
     async def _accepted(self) -> int | None:

@@ -32,6 +32,7 @@ import anyio
 import httpx
 from redis.asyncio import Redis
 
+from notifier.core.diff import field_changes
 from notifier.sandbox.control import SandboxControl
 from notifier.sandbox.server import SandboxThread
 from notifier.sandbox.state import Sandbox
@@ -487,12 +488,14 @@ class Campaign:
             if (w["resource"], w["record_id"]) == (resource, rid):
                 self.log(f"  {subject} write +{w['at'] - t0:.3f}s updated_ms "
                          f"{w['updated_ms']} {'deleted' if w['deleted'] else w['hash'][:8]}")
+        last: dict[str, Any] | None = None
         for e in ev.events:
             d = e.get("data") or {}
             if (d.get("resource"), str(d.get("record_id"))) == (resource, rid):
                 h = checker.content_hash(d["record"]) if "record" in d else "-"
                 self.log(f"  {subject} event +{e['_stream_at'] - t0:.3f}s {e['type']} "
                          f"updated_at {d.get('updated_at')} {h[:8]}")
+                last = d.get("record")
         keys = Keys(self.prefix)
         blob = await self.redis.hget(keys.snapshots("main", resource), rid)
         if blob is None:
@@ -503,7 +506,9 @@ class Campaign:
             canon, seen = codec.read(blob)
             record = json.loads(canon)
             self.log(f"  {subject} snapshot updated_at {record.get('updated_at')} "
-                     f"{checker.content_hash(record)[:8]} seen_at {seen}")
+                     f"{checker.content_hash(record)[:8]} seen_at {seen}; fields that differ "
+                     "from the last event's record: "
+                     + ", ".join(sorted(field_changes(last or {}, record))))
         except ValueError as exc:
             self.log(f"  {subject} snapshot unreadable: {exc}")
 

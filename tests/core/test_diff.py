@@ -29,9 +29,17 @@ def test_changed_field_is_updated_with_old_and_new() -> None:
     }
 
 
-def test_touch_stores_silently() -> None:
+def test_a_later_stamp_alone_is_an_update() -> None:
+    """Only updated_at moved on (an edit reverted between two polls, campaign seed 101, or
+    a save that changed nothing): Dentally shows a new version, so it is published, with
+    updated_at as the one change. The same instant written another way stores silently."""
     new = {**BASE, "updated_at": "2026-11-27T15:00:05.000+00:00"}
-    assert diff(BASE, new) == (None, True)
+    change, store = diff(BASE, new)
+    assert change is not None and change.kind == "updated" and store
+    assert change.changes == {"updated_at": [BASE["updated_at"], new["updated_at"]]}
+    same = {**BASE, "updated_at": "2026-11-27T16:00:00.000+01:00"}
+    assert diff(BASE, same) == (None, True)
+    assert diff(BASE, {**BASE, "updated_at": "2026-11-27T14:00:00.000+00:00"}) == (None, False)
 
 
 def test_stale_copy_is_ignored_even_with_other_offset() -> None:
