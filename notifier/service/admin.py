@@ -6,7 +6,8 @@ from __future__ import annotations
 import fnmatch
 import json
 import time
-from typing import Any, TextIO
+from collections.abc import Sequence
+from typing import Any, Protocol, TextIO, TypeVar
 
 from redis.asyncio import Redis
 
@@ -20,12 +21,24 @@ from notifier.store.delivery import DeliveryStore
 from notifier.store.keys import Keys
 
 
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+T = TypeVar("T", bound=_Named)
+
+
+def _by_name(items: Sequence[T], name: str, what: str) -> T:
+    for item in items:
+        if item.name == name:
+            return item
+    known = ", ".join(i.name for i in items) or "none"
+    raise ConfigError(f"no {what} named {name!r} in the config (configured: {known})")
+
+
 def find(settings: Settings, name: str) -> SubscriberConfig:
-    for sub in settings.subscribers:
-        if sub.name == name:
-            return sub
-    known = ", ".join(s.name for s in settings.subscribers) or "none"
-    raise ConfigError(f"no subscriber named {name!r} in the config (configured: {known})")
+    return _by_name(settings.subscribers, name, "subscriber")
 
 
 def _text(value: Any) -> str:
@@ -119,11 +132,7 @@ async def enable(settings: Settings, name: str, out: TextIO) -> None:
 
 
 def find_practice(settings: Settings, name: str) -> PracticeConfig:
-    for p in settings.practices:
-        if p.name == name:
-            return p
-    known = ", ".join(p.name for p in settings.practices) or "none"
-    raise ConfigError(f"no practice named {name!r} in the config (configured: {known})")
+    return _by_name(settings.practices, name, "practice")
 
 
 async def reconcile(settings: Settings, practice: str, resource: str, out: TextIO, *,
