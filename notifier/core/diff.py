@@ -36,6 +36,9 @@ Kind = Literal["created", "updated", "deleted"]
 # edit would leave no trace (campaign seed 101). The same instant written another way (an
 # other offset) is stored silently.
 STAMP_FIELDS = frozenset({"updated_at"})
+IGNORED_FIELDS = STAMP_FIELDS
+"""The old name, used by :mod:`notifier.core.shaping` (a change of these alone is no change
+to deliver when a subscriber's field rule hides everything else)."""
 
 _MISSING: Any = object()
 

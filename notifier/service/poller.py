@@ -380,6 +380,7 @@ class ResourcePoller:
         published = 0
         synced = (await store.progress(self.practice, name)).synced
         for rid in ids:
+            asked_at = self._asked_at()
             try:
                 record = await self.client.fetch(self.resource, rid)
             except NotFound:
@@ -387,7 +388,7 @@ class ResourcePoller:
                 continue
             events = await self._commit_page(
                 [record], emit_created=self.initial_sync == "emit" or synced, progress=None,
-                status={})
+                status={}, asked_at=asked_at)
             published += len(events)
         return published
 
