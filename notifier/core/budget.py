@@ -67,9 +67,10 @@ STEADY_SHARE = 1.0
 stretched. All of it: a resource's backfill or sweep runs in place of its own polls, so it
 uses that resource's part, plus whatever the other polls leave."""
 
-RESET_MARGIN = 0.2
-"""Seconds after the server's reset before the next request (the reset and ``Date``
-headers have whole seconds, and are converted so that we are late, never early)."""
+RESET_MARGIN = 0.05
+"""Seconds after the server's reset before the next request. The reset arrives already
+on our clock, placed late by a fraction of a second and never early
+(``ServerClock.to_local``: ``Date`` has whole seconds); this only absorbs rounding."""
 
 DEFAULT_RETRY_AFTER = 1.0
 """How long a 429 without ``Retry-After`` blocks."""

@@ -217,16 +217,24 @@ async def test_follows_the_servers_reset_when_others_leave_two_per_window(
                 reset = int(r.headers["x-ratelimit-reset"])
                 await anyio.sleep(max(0.05, reset - time.time() + 0.05))
 
+    # Every 0.37 s: on loopback a response's latency hardly varies, so polls at whole
+    # seconds would have every Date sampled at one fraction of a second (see below).
+    daemon = daemon_factory(resources=["patients"], poll_interval=0.37,
+                            rate_window=3600, max_requests_per_hour=3600 * 4)
+    daemon.start()
+
+    async def synced() -> bool:
+        return await redis.hget(f"{ns.prefix}:{{main}}:cursor:patients", "synced") == b"1"
+    await wait_until(synced, 20, "the first sync")
+
+    async def polled_a_while() -> bool:
+        # As in service, the daemon has polled before the others spend the window: its
+        # Date samples fall at several fractions of a second (every sample taken right
+        # after a reset falls at the same one, and cannot show how late that is).
+        return len(await our_requests(control, sandbox.key or "")) >= 8
+    await wait_until(polled_a_while, 10, "a few polls")
     async with anyio.create_task_group() as tg:
         tg.start_soon(other_integration)
-        daemon = daemon_factory(resources=["patients"], poll_interval=0.5,
-                                rate_window=3600, max_requests_per_hour=3600)
-        daemon.start()
-
-        async def synced() -> bool:
-            return await redis.hget(f"{ns.prefix}:{{main}}:cursor:patients",
-                                    "synced") == b"1"
-        await wait_until(synced, 20, "the first sync")
         started = time.time()
         lags = await run_with_changes(redis, ns, control, ["patients"], 12.0, 1.0,
                                       within=2 * server_window + 1.5)
@@ -239,12 +247,10 @@ async def test_follows_the_servers_reset_when_others_leave_two_per_window(
     windows = elapsed / server_window + 1
     assert len(refused) <= windows, (refused, windows)
     assert max(lags) <= 2 * server_window + 1.5, lags
-    # After each reset the server announced, our next request went within about a second.
-    # The bound is 1.5 s, not the issue's 1.0 s: the daemon places the reset on its own clock
-    # through the server-clock estimate, which comes from Date headers truncated to the
-    # second and so runs up to 1 s behind (the safe side: never early); add the 0.2 s
-    # RESET_MARGIN and scheduling on a loaded CI machine (measured 0.59-0.80 s quiet, up to
-    # 1.15 s with two suites running at once). Tightening it is open work (issue 9).
+    # After each reset the server announced, our next request went within a second: the
+    # reset is placed by the greatest Date sample (never early, late by the largest gap
+    # between the fractions of a second the samples fell at: tests/core/test_budget.py
+    # bounds that without a socket), plus RESET_MARGIN.
     starts = sorted(int(w) for w in (await control.stats())["per_window"]["1"])
     late = []
     for start in starts:
@@ -252,7 +258,7 @@ async def test_follows_the_servers_reset_when_others_leave_two_per_window(
         after = [t for t, _ in ours if t >= reset]
         if reset >= started and after and reset + 2 < ours[-1][0]:
             late.append(after[0] - reset)
-    assert late and max(late) < 1.5, late
+    assert late and max(late) < 1.0, late
     print(f"FIGURES others leave 2: {len(ours)} requests, {len(refused)} refused in "
           f"{elapsed:.1f}s (~{elapsed / server_window:.1f} windows); after a reset our next "
           f"request in {min(late):.2f}-{max(late):.2f}s; {len(lags)} changes, lags "
