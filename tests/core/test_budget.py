@@ -380,3 +380,22 @@ def test_a_plan_always_fits_and_only_ever_stretches(intervals: list[tuple[float,
             for c in polls:
                 if a.weight > c.weight and factor[c.name] > 1.01 and a.interval <= c.interval:
                     assert factor[a.name] >= factor[c.name] * 0.99
+
+
+def test_requests_from_before_a_restart_count_against_the_share_and_the_spread() -> None:
+    before = Budget(share=4, window=10.0)
+    sent = []
+    for now in (0.0, 0.0, 2.5, 5.0):
+        at = before.earliest(now)[0]
+        before.sent(at)
+        sent.append(at)
+    after = Budget(share=4, window=10.0)        # a new process, at 6 s
+    after.restore([*sent, -20.0], 6.0)          # one from a window long gone: ignored
+    assert after.used(6.0) == 4
+    assert after.earliest(6.0) == before.earliest(6.0)
+    assert after.state(6.0) is State.SHARE_SPENT
+    after.restore(sent, 6.0)                    # told twice: counted once
+    assert after.used(6.0) == 4
+    future = Budget(share=4, window=10.0)
+    future.restore([100.0], 6.0)                # another host's clock ahead: counts as now
+    assert future.log[0] == 6.0

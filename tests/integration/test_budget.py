@@ -308,3 +308,30 @@ async def test_a_pace_set_too_fast_slows_down_on_429(
     refused = await burst_backfill(redis, ns, control, sandbox, daemon_factory,
                                    max_requests_per_second=25)
     assert 1 <= refused <= 5, refused
+
+
+async def test_the_share_holds_across_restarts(
+        redis: Redis, ns: Namespace, control: SandboxControl, sandbox: SandboxThread,
+        daemon_factory: Callable[..., Daemon]) -> None:
+    """A daemon restarted again and again within one window (a crash loop under
+    systemd's Restart=) starts from what it already spent: its requests of the window are
+    kept in Redis. Without them each start had a fresh share and a fresh burst."""
+    window, share = 4.0, 4
+    await control.seed("patients", 5)
+    daemon = daemon_factory(resources=["patients"], rate_window=window,
+                            max_requests_per_hour=int(share * 3600 / window),
+                            poll_interval=0.1)
+    for _ in range(4):
+        before = len(await our_requests(control, sandbox.key or ""))
+        daemon.start()
+
+        async def sent_more(before: int = before) -> bool:
+            return len(await our_requests(control, sandbox.key or "")) > before
+        await wait_until(sent_more, 15, "a request after the start")
+        assert daemon.stop() == 0
+    times = [t for t, _ in await our_requests(control, sandbox.key or "")]
+    assert most_in_any_span(times, window) <= share, times
+    assert await redis.zcard(f"{ns.prefix}:{{main}}:sent") >= 1
+    print(f"FIGURES restarts: {len(times)} requests over {times[-1] - times[0]:.1f}s and 4 "
+          f"starts; most in any {window:g}s: {most_in_any_span(times, window)} (share "
+          f"{share})")
