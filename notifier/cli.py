@@ -6,7 +6,8 @@ Exit codes (also in the README):
     2  bad usage or invalid configuration (the message names the key or variable), or a
        port already in use
     3  ``check`` found a problem (the table says which), ``redeliver`` could not
-       deliver every event, or ``reconcile --accept`` found nothing held
+       deliver every event, ``reconcile --accept`` found nothing held, or ``forget``
+       found the practice being polled by a running daemon
     4  Redis could not be reached at start
 """
 
@@ -78,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     rc.add_argument("resource")
     rc.add_argument("--accept", action="store_true",
                     help="publish the deletions a sweep held (more than max_delete_fraction)")
+    fg = sub.add_parser("forget", help="erase one record from snapshots, stream, dead "
+                                       "letters and logs (stop the daemon first)")
+    fg.add_argument("practice")
+    fg.add_argument("resource", help="e.g. patients")
+    fg.add_argument("record_id", metavar="ID")
+    with_config(fg)
     sc = sub.add_parser("subscriber", help="manage a subscriber")
     sc_sub = sc.add_subparsers(dest="action", required=True, metavar="ACTION")
     en = sc_sub.add_parser("enable", help="turn a disabled subscriber back on")
@@ -178,6 +185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from notifier.service import admin
             ok = anyio.run(partial(admin.reconcile, settings, args.practice, args.resource,
                                    safe(sys.stdout), accept=args.accept))
+            return EXIT_OK if ok else EXIT_CHECK
+        if args.command == "forget":
+            settings = _load(args.config, **_REDIS_ONLY)
+            from notifier.service import forget
+            ok = anyio.run(forget.run, settings, args.practice, args.resource,
+                           args.record_id, safe(sys.stdout))
             return EXIT_OK if ok else EXIT_CHECK
         if args.command == "subscriber":
             settings = _load(args.config, **_REDIS_ONLY)

@@ -28,6 +28,8 @@ NOTIFIER_EVENT_TYPES: tuple[str, ...] = (
     "notifier.scope.denied",
     "notifier.subscriber.disabled",
     "notifier.reconcile.suspicious",
+    "notifier.dentally_webhook.silent",
+    "notifier.dentally_webhook.inactive",
     "notifier.test",
 )
 """Events about the notifier itself (a test checks that the code publishes no other)."""

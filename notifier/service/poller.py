@@ -154,6 +154,9 @@ class ResourcePoller:
         ``incomplete`` (windows given up on for this poll, or accepted by a sweep from an
         incomplete union), ``unreadable`` (snapshots that did not decode), ``suspicious``
         (sweeps whose deletions were held)."""
+        self.seen: set[str] | None = None
+        """When a set, every id a poll reads is added to it (hinted ids it did not show
+        are then fetched one by one: :meth:`confirm`)."""
         self._first_sync: list[Any] | None = None
         self._unreadable_logged: set[str] = set()
         self._extra = {"practice": practice, "resource": resource.name}
@@ -327,6 +330,8 @@ class ResourcePoller:
                     ahead = _Prefetch((reader.window, new_progress.page), self._asked_at())
                     tg.start_soon(ahead.run, self._fetcher(*ahead.key, reader.bounded))
                 rows = dedupe(page.rows)
+                if persist and self.seen is not None:
+                    self.seen.update(str(r["id"]) for r in rows)
                 if sweep is not None:
                     sweep.update(str(r["id"]) for r in rows)
                     emit_created = True
@@ -363,6 +368,26 @@ class ResourcePoller:
                           window_waiting="1" if later else "")
         if fields:
             await self.store.note(self.practice, self.resource.name, **fields)
+
+    async def confirm(self, ids: list[str]) -> int:
+        """Ids a Dentally webhook named that the poll did not show, each fetched on its
+        own, by the reconciliation's rule: a 404 publishes ``<type>.deleted`` at once (if
+        we hold the record); a record that is there is diffed and committed like any page
+        row, so a hint never publishes what a poll already did. Returns events published."""
+        store, name = self.store, self.resource.name
+        published = 0
+        synced = (await store.progress(self.practice, name)).synced
+        for rid in ids:
+            try:
+                record = await self.client.fetch(self.resource, rid)
+            except NotFound:
+                published += await self._deleted(rid, await store.codec(self.practice, name))
+                continue
+            events = await self._commit_page(
+                [record], emit_created=self.initial_sync == "emit" or synced, progress=None,
+                status={})
+            published += len(events)
+        return published
 
     async def sweep_requested(self) -> bool:
         """Whether ``dentally-notifier reconcile`` asked for a sweep of this resource."""
