@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from notifier import config
 from notifier.config import PracticeConfig, Settings, SubscriberConfig
 from notifier.core.shaping import Skip, shape
+from notifier.core.text import plural
 from notifier.core.timefmt import parse_ms
 from notifier.delivery.sender import Attempt, Sender
 from notifier.errors import ConfigError
@@ -180,9 +181,10 @@ async def reconcile(settings: Settings, practice: str, resource: str, out: TextI
     finally:
         await redis.aclose()
     if accept and held:
-        print(f"accepted up to {held['would_delete']} deletions of {held['tracked']} "
-              f"{resource} records; the running daemon sweeps {resource} again at its next "
-              "poll and publishes the deletions it confirms (each by a 404)", file=out)
+        tracked = plural(int(held["tracked"]), f"{resource} record", f"{resource} records")
+        print(f"accepted up to {plural(int(held['would_delete']), 'deletion')} of {tracked}; "
+              f"the running daemon sweeps {resource} again at its next poll and publishes "
+              "the deletions it confirms (each by a 404)", file=out)
     else:
         print(f"sweep of {practice}/{resource} requested; the running daemon starts it at "
               "its next poll", file=out)

@@ -80,8 +80,9 @@ async def _practice_rows(settings: Settings) -> list[Row]:
                 what = f"practice {p.name}: {name}"
                 try:
                     page = await client.page(resources.get(name), page=1, per_page=1)
-                    total = "?" if page.total_count is None else page.total_count
-                    rows.append((what, "ok", f"readable, {total} records"))
+                    total = ("? records" if page.total_count is None
+                             else plural(page.total_count, "record"))
+                    rows.append((what, "ok", f"readable, {total}"))
                 except ScopeError as exc:
                     rows.append((what, "FAIL", f"{p.url}: scope denied: {exc}"))
                 except RateLimited as exc:

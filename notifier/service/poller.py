@@ -23,6 +23,7 @@ from notifier.core import reconcile as rules
 from notifier.core.derive import derive
 from notifier.core.diff import dedupe, page_diff, updated_ms
 from notifier.core.resources import Resource
+from notifier.core.text import plural
 from notifier.core.timefmt import format_ms, format_us
 from notifier.dentally.client import DentallyClient, Page
 from notifier.errors import NotFound, PageTooDeep
@@ -61,6 +62,9 @@ def changes_for_page(practice: str, resource: str, rows: list[dict[str, Any]],
                      unreadable: Unreadable | None = None) -> PageChanges:
     """Diff a page against its snapshots: the events to publish and snapshots to write.
 
+    ``server_now``: the server's time as the page was asked for (a lower bound of when its
+    rows were read: the time a snapshot stamped ahead of it remembers).
+
     A snapshot that cannot be read back is treated as missing (``unreadable`` hears of it).
     A dictionary learned here is adopted at once but stays pending, and goes with every
     commit of snapshots until one stores it."""
@@ -69,12 +73,12 @@ def changes_for_page(practice: str, resource: str, rows: list[dict[str, Any]],
         zdict = learn(canons)
         if zdict is not None:
             codec.adopt(zdict)
-    todo: list[tuple[dict[str, Any], bytes, dict[str, Any] | None]] = []
+    todo: list[tuple[dict[str, Any], bytes, dict[str, Any] | None, int | None]] = []
     for row, canon, blob in zip(rows, canons, olds, strict=True):
-        old = None
+        old, seen = None, None
         if blob is not None:
             try:
-                old_bytes = codec.decode_bytes(blob)
+                old_bytes, seen = codec.read(blob)
                 if old_bytes == canon:
                     continue
                 old = json.loads(old_bytes)
@@ -83,16 +87,17 @@ def changes_for_page(practice: str, resource: str, rows: list[dict[str, Any]],
             except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
                 if unreadable is not None:
                     unreadable(str(row["id"]), exc)
-                old = None
-        todo.append((row, canon, old))
+                old, seen = None, None
+        todo.append((row, canon, old, seen))
     verdicts = page_diff([t[0] for t in todo], [t[2] for t in todo],
-                         emit_created=emit_created, server_now=server_now)
+                         emit_created=emit_created, server_now=server_now,
+                         seen_at=[t[3] for t in todo])
     events: list[Event] = []
     snaps: dict[str, bytes] = {}
     stamp = format_us(now)
-    for (row, canon, old), verdict in zip(todo, verdicts, strict=True):
+    for (row, canon, old, _), verdict in zip(todo, verdicts, strict=True):
         if verdict.store:
-            snaps[str(row["id"])] = codec.encode(canon)
+            snaps[str(row["id"])] = codec.encode(canon, verdict.seen_at)
         if verdict.publish is not None:
             event = record_event(practice, resource, verdict.publish.kind, row, stamp,
                                  verdict.publish.changes, canon)
@@ -109,7 +114,7 @@ class _Prefetch:
     Its failure is kept and raised when the page is taken, never in the task group.
     """
 
-    def __init__(self, key: tuple[cursor.Window, int], asked_at: int | None) -> None:
+    def __init__(self, key: tuple[cursor.Window, int], asked_at: int) -> None:
         self.key = key
         self.asked_at = asked_at
         self.done = anyio.Event()
@@ -265,8 +270,9 @@ class ResourcePoller:
 
     async def _commit_page(self, rows: list[dict[str, Any]], *, emit_created: bool,
                            progress: cursor.Progress | None,
-                           status: dict[str, str]) -> list[Event]:
-        """Diff ``rows`` against their snapshots and commit the result with ``progress``.
+                           status: dict[str, str], asked_at: int) -> list[Event]:
+        """Diff ``rows`` (asked for at server time ``asked_at``) against their snapshots
+        and commit the result with ``progress``.
 
         If another process stored another dictionary meanwhile, nothing was written: the
         page is diffed again with the stored one."""
@@ -276,7 +282,7 @@ class ResourcePoller:
             olds = await store.snapshots(self.practice, name, [str(r["id"]) for r in rows])
             changes = changes_for_page(self.practice, name, rows, olds, codec,
                                        emit_created=emit_created, now=self._now(),
-                                       server_now=self.client.server_now(),
+                                       server_now=asked_at,
                                        unreadable=self._unreadable)
             try:
                 await store.commit(self.practice, name, progress=progress,
@@ -350,7 +356,7 @@ class ResourcePoller:
                     [dict(r) for r in rows], emit_created=emit_created,
                     progress=new_progress if persist else None,
                     status=self._progress_status(whole, page) if persist
-                    else {"last_page_at": str(self._wall())})
+                    else {"last_page_at": str(self._wall())}, asked_at=asked_at)
                 published += changes_in(events)
                 if self.heartbeat is not None:
                     self.heartbeat()
@@ -366,12 +372,8 @@ class ResourcePoller:
         self._stat("incomplete", reader.incomplete)
         fields: dict[str, str] = {}
         if reader.rereads or reader.incomplete:
-            what = "sweep" if not persist else "poll"
-            fields["reread_note"] = (
-                f"{what} re-read windows {reader.rereads} times"
-                + (f"; {reader.incomplete} window(s) still incomplete"
-                   + (", retried next poll" if later else ", missing ids fetched one by one")
-                   if reader.incomplete else "; all read completely"))
+            fields["reread_note"] = reread_note("poll" if persist else "sweep",
+                                                reader.rereads, reader.incomplete, later)
             fields["reread_at"] = str(self._wall())
             log.info("%s", fields["reread_note"], extra=self._extra)
         if persist:
@@ -389,6 +391,7 @@ class ResourcePoller:
         published = 0
         synced = (await store.progress(self.practice, name)).synced
         for rid in ids:
+            asked_at = self._asked_at()
             try:
                 record = await self.client.fetch(self.resource, rid)
             except NotFound:
@@ -396,7 +399,7 @@ class ResourcePoller:
                 continue
             events = await self._commit_page(
                 [record], emit_created=self.initial_sync == "emit" or synced, progress=None,
-                status={})
+                status={}, asked_at=asked_at)
             published += len(events)
         return published
 
@@ -430,13 +433,14 @@ class ResourcePoller:
         missing = [rid for rid in held if rid not in seen]
         gone: list[str] = []
         for rid in missing:
+            asked_at = self._asked_at()
             try:
                 record = await self.client.fetch(self.resource, rid)
             except NotFound:
                 gone.append(rid)
                 continue
             events = await self._commit_page([record], emit_created=True, progress=None,
-                                             status={})
+                                             status={}, asked_at=asked_at)
             published += changes_in(events)
         counts = rules.Deletions(tracked=len(held), missing=len(missing), confirmed=len(gone))
         deleted = 0
@@ -451,8 +455,9 @@ class ResourcePoller:
         await store.note(self.practice, name, last_reconcile_at=str(self._wall()),
                          reconcile_due="")
         if deleted or missing:
-            log.info("reconciliation: %d deleted, %d skipped rows found", deleted,
-                     len(missing) - len(gone), extra=self._extra)
+            log.info("reconciliation: %s deleted, %s found", deleted,
+                     plural(len(missing) - len(gone), "skipped row", "skipped rows"),
+                     extra=self._extra)
         return deleted, published
 
     async def _accepted(self) -> int | None:
@@ -495,6 +500,15 @@ class ResourcePoller:
                                 deletes=[rid], events=[event])
         self._events([event])
         return 1
+
+
+def reread_note(what: str, rereads: int, incomplete: int, later: bool) -> str:
+    """The status line for a poll or sweep that had to re-read windows."""
+    if not incomplete:
+        return f"{what} re-read windows {plural(rereads, 'time')}; all read completely"
+    return (f"{what} re-read windows {plural(rereads, 'time')}; "
+            f"{plural(incomplete, 'window')} still incomplete, "
+            + ("retried next poll" if later else "missing ids fetched one by one"))
 
 
 def sole(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -40,6 +40,7 @@ from notifier.service.resource_loop import ResourceLoop, policy_for
 from notifier.store.connection import REDIS_RETRY_CAP
 from notifier.store.lease import Lease
 from notifier.store.redis import Store
+from notifier.store.sendlog import SendLog
 
 __all__ = ["PracticeRunner", "budget_for", "policy_for"]
 
@@ -183,6 +184,8 @@ class PracticeRunner:
                 await self._sleep_or_reload(60)
         fp = kl.fingerprint(key)
         group = self.hub.group(fp, self.cfg)
+        if group.pacer.recorder is None:
+            await self._restore_budget(group)
         self._todo = []
         client = DentallyClient(self.cfg.url, key, timeout=self.cfg.timeout,
                                 pacer=group.pacer)
@@ -214,6 +217,21 @@ class PracticeRunner:
             self.hub.release(group)
             with anyio.CancelScope(shield=True):
                 await client.aclose()
+
+    async def _restore_budget(self, group: KeyGroup) -> None:
+        """The key's requests of the last window, from before a restart or a key change,
+        count against its share; from now on each is recorded (``store.sendlog``)."""
+        budget = group.pacer.budget
+        sendlog = SendLog(self.store.redis, self.store.keys, group.practices, budget.window)
+        now = self._wall()
+        times = await sendlog.load(now)
+        if group.pacer.recorder is None:   # another member of the group did it meanwhile
+            budget.restore(times, now)
+            group.pacer.recorder = sendlog.record
+            if times:
+                log.info("%d requests of the last %gs counted against the share (sent "
+                         "before a restart)", budget.used(now), budget.window,
+                         extra=self._extra)
 
     def enqueue(self, actions: list[kl.Action]) -> None:
         """Actions of the key's lifecycle for this practice (called by its group)."""

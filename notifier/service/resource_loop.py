@@ -27,6 +27,7 @@ from notifier.core.cursor import Policy
 from notifier.core.health import Health
 from notifier.core.keylife import KeyLife
 from notifier.core.retry import backoff
+from notifier.core.text import plural
 from notifier.dentally.client import DentallyClient
 from notifier.dentally.pacer import HEARTBEAT
 from notifier.errors import AuthError, DentallyError, LeaseLost, RateLimited, ScopeError
@@ -165,8 +166,8 @@ class ResourceLoop:
                         attempt = 0
                         self._recovered()
                         if published:
-                            log.info("published %d event%s", published,
-                                     "s" * (published != 1), extra=self.extra)
+                            log.info("published %s", plural(published, "event"),
+                                     extra=self.extra)
                         if self._wall() >= next_sweep or await poller.sweep_requested():
                             await poller.reconcile()
                             next_sweep = self._wall() + cfg.reconcile_interval
