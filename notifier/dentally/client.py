@@ -241,8 +241,8 @@ class DentallyClient:
 
     def _observe(self, response: httpx.Response) -> Answer:
         """Feed the server clock from ``Date``; read what the response says of the budget,
-        its reset converted to our clock by the server clock's estimate (a lower bound of
-        the server's time: the converted reset is late, never early)."""
+        its reset put on our clock by ``ServerClock.to_local`` (the closest lower bound of
+        the server's time: the reset is late by a fraction of a second, never early)."""
         now = self._wall()
         date = response.headers.get("date")
         if date:
@@ -253,9 +253,8 @@ class DentallyClient:
                 pass
         h = response.headers
         reset = _int_header(h, "x-ratelimit-reset")
-        server_ms = self.clock.now(self._mono())
-        reset_at = None if reset is None else (
-            now + reset - server_ms / 1000 if server_ms is not None else float(reset))
+        local = None if reset is None else self.clock.to_local(reset * 1000, self._mono(), now)
+        reset_at = None if reset is None else local if local is not None else float(reset)
         if "x-ratelimit-remaining" in h:
             self.rate = RateState(_int_header(h, "x-ratelimit-limit"),
                                   _int_header(h, "x-ratelimit-remaining"), reset_at)

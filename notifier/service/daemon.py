@@ -19,6 +19,7 @@ from redis.exceptions import RedisError
 from notifier import config
 from notifier.config import PracticeConfig, Settings, SubscriberConfig
 from notifier.core.health import Health
+from notifier.core.hints import Hint
 from notifier.core.text import plural
 from notifier.dentally.client import HostPools
 from notifier.errors import ConfigError
@@ -30,6 +31,7 @@ from notifier.ops.metrics import app as metrics_app
 from notifier.ops.systemd import SystemdNotifier, watchdog_interval
 from notifier.service import retention
 from notifier.service.delivery import SubscriberWorker, supervise
+from notifier.service.ingest import Ingest
 from notifier.service.keygroup import KeyHub
 from notifier.service.pacing import pacer_for, plan_for
 from notifier.service.practice import PracticeRunner
@@ -43,6 +45,7 @@ log = logging.getLogger("notifier.daemon")
 TRIM_INTERVAL = 60.0
 STATUS_EVERY = 10.0
 METRICS_EVERY = 2.0
+INGEST_CONNECTIONS = 256
 
 
 PRACTICE_CONNECTIONS = 32
@@ -104,7 +107,8 @@ class Daemon:
         self.config_path = config_path
         self.redis = redis
         self.keys = Keys(settings.redis.prefix)
-        self.store = Store(redis, self.keys, settings.redis.stream)
+        self.store = Store(redis, self.keys, settings.redis.stream,
+                           shape=settings.redis.stream_shape())
         self.notify = SystemdNotifier()
         self.keys_hub = KeyHub(settings.practices, pacer_for, plan_for)
         self.pools = HostPools()
@@ -114,6 +118,12 @@ class Daemon:
         self.subscribers: dict[str, tuple[SubscriberConfig, SubscriberWorker,
                                           anyio.CancelScope]] = {}
         self._tg: anyio.abc.TaskGroup | None = None
+        self.ingest = Ingest(settings.ingest, self._hint_route, self.metrics)
+        self.ingest.configure(settings.ingest, settings.practices)
+
+    def _hint_route(self, practice: str) -> Callable[[Hint], None] | None:
+        entry = self.practices.get(practice)
+        return None if entry is None else entry[1].hint
 
     @property
     def runners(self) -> list[PracticeRunner]:
@@ -145,7 +155,8 @@ class Daemon:
     def _start_subscriber(self, cfg: SubscriberConfig) -> None:
         assert self._tg is not None
         make = partial(SubscriberWorker, self.redis, self.keys, self.store, cfg,
-                       health=self.health, metrics=self.metrics)
+                       health=self.health, metrics=self.metrics,
+                       regions=config.regions(self.settings))
         first = make()
         scope = anyio.CancelScope()
         self.subscribers[cfg.name] = (cfg, first, scope)
@@ -175,6 +186,8 @@ class Daemon:
                 tg.start_soon(self._refresh_metrics)
                 if self.settings.metrics.listen:
                     tg.start_soon(self._serve_metrics, self.settings.metrics.listen)
+                if self.settings.ingest.listen:
+                    tg.start_soon(self._serve_ingest, self.settings.ingest.listen)
                 self.notify.ready(await status_line(self.store, self.runners, self.workers))
                 tg.start_soon(self._watchdog, watchdog_interval())
         finally:
@@ -278,6 +291,7 @@ class Daemon:
             if name not in self.subscribers:
                 self._start_subscriber(sub)
         self.settings = new
+        self.ingest.configure(new.ingest, new.practices)
         log.info("reloaded: practices %s, subscribers %s",
                  _changes(old_p, new_p), _changes(old_s, new_s))
 
@@ -286,6 +300,17 @@ class Daemon:
         sock = bind(host.strip("[]") or "127.0.0.1", int(port))
         log.info("metrics on http://%s/metrics and /healthz", listen)
         await serve_app(metrics_app(self.metrics, self.health), sock)
+
+    async def _serve_ingest(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        sock = bind(host.strip("[]") or "127.0.0.1", int(port))
+        hinted = [p.name for p in self.settings.practices if p.hinted]
+        log.info("Dentally webhooks on http://%s/dentally/<practice> (%s)", listen,
+                 ", ".join(hinted) or "no practice has a webhook_secret yet")
+        # Proxy headers are ours to judge (core.hints.client_address), not uvicorn's; a
+        # flood of connections gets 503s past INGEST_CONNECTIONS, never the daemon's memory.
+        await serve_app(self.ingest.app(), sock, proxy_headers=False,
+                        limit_concurrency=INGEST_CONNECTIONS, timeout_keep_alive=5)
 
     async def _refresh_metrics(self) -> None:
         """Gauges that live in Redis and in the runners, every few seconds."""

@@ -13,6 +13,12 @@ another dictionary into garbage.
     0x01 + raw deflate, static dictionary               (before a dictionary was learned)
     0x02 + raw deflate, learned dictionary              (older versions: no id)
     0x03 + dictionary id (4 bytes) + raw deflate, learned dictionary
+    0x04 + seen-at (8 bytes, ms, signed) + one of the above
+
+The last wraps the snapshot of a record stamped ahead of the server's clock when it was
+seen: the server time it was seen at, without which the stale-copy rule (see
+:mod:`notifier.core.diff`) would trust the stamp once real time passed it. Only such
+records carry it, so the common snapshot is no larger.
 
 A blob that cannot be decoded raises ValueError (the caller treats it as missing).
 
@@ -31,7 +37,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
-RAW, STATIC, LEARNED, KEYED = b"\x00", b"\x01", b"\x02", b"\x03"
+RAW, STATIC, LEARNED, KEYED, SEEN = b"\x00", b"\x01", b"\x02", b"\x03", b"\x04"
 LEVEL, MEM_LEVEL = 6, 6
 DICT_SIZE = 16_384
 # Records needed before a dictionary is learned: fewer make a poor dictionary for good.
@@ -106,7 +112,10 @@ class Codec:
         """The dictionary to store with the next commit of snapshots, until one succeeded."""
         return None if self.saved else self.zdict
 
-    def encode(self, canonical: bytes) -> bytes:
+    def encode(self, canonical: bytes, seen_at: int | None = None) -> bytes:
+        """The blob for ``canonical``; ``seen_at`` (server ms) is stored with it if given."""
+        if seen_at is not None:
+            return SEEN + seen_at.to_bytes(8, "big", signed=True) + self.encode(canonical)
         tag, primed = ((KEYED + self.zid, _learned(self.zdict)) if self.zdict
                        else (STATIC, _static()))
         c = primed.copy()
@@ -115,9 +124,19 @@ class Codec:
             return RAW + canonical
         return tag + packed
 
+    def read(self, blob: bytes) -> tuple[bytes, int | None]:
+        """The canonical JSON in ``blob``, and the server time it was seen at if stored."""
+        if blob[:1] != SEEN:
+            return self.decode_bytes(blob), None
+        if len(blob) < 10 or blob[9:10] == SEEN:
+            raise ValueError("snapshot with a seen-at time is truncated or nested")
+        return self.decode_bytes(blob[9:]), int.from_bytes(blob[1:9], "big", signed=True)
+
     def decode_bytes(self, blob: bytes) -> bytes:
         """The canonical JSON in ``blob``."""
         tag, body = blob[:1], blob[1:]
+        if tag == SEEN:
+            return self.read(blob)[0]
         if tag == RAW:
             return body
         if tag == STATIC:

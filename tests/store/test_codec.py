@@ -103,3 +103,17 @@ def test_compressors_are_shared_by_dictionary_and_bounded() -> None:
     assert many[0].encode(records[37]) != records[37] and \
         many[0].decode_bytes(many[0].encode(records[37])) == records[37]
     assert Codec().decode_bytes(Codec().encode(records[38])) == records[38]
+
+
+def test_a_blob_remembers_when_its_record_was_seen() -> None:
+    """A snapshot stamped ahead of the server's clock carries the server time at which it
+    was seen (the stale-copy rule needs it); every other blob is as small as before."""
+    r = records(1)[0]
+    for codec in (Codec(), Codec(learn(records(LEARN_MIN)))):
+        plain = codec.encode(r)
+        marked = codec.encode(r, seen_at=1_795_000_000_123)
+        assert codec.read(plain) == (r, None)
+        assert codec.read(marked) == (r, 1_795_000_000_123)
+        assert codec.decode_bytes(marked) == r and len(marked) == len(plain) + 9
+    with pytest.raises(ValueError, match="snapshot"):
+        Codec().read(b"\x04\x00\x01")
