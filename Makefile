@@ -31,6 +31,7 @@ dist: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/ingest.py
 	$(BIN)/python bench/deliver.py
+	$(BIN)/python bench/hints.py
 
 # The long fault campaign: `make soak` (30 minutes), or e.g.
 # `make soak ARGS='--seed 42 --minutes 5'`; `--enable all` adds the faults left off while

@@ -6,7 +6,8 @@ Exit codes (also in the README):
     2  bad usage or invalid configuration (the message names the key or variable), or a
        port already in use
     3  ``check`` found a problem (the table says which), ``redeliver`` could not
-       deliver every event, or ``reconcile --accept`` found nothing held
+       deliver every event, ``reconcile --accept`` found nothing held, or ``forget``
+       found the practice being polled by a running daemon
     4  Redis could not be reached at start
 """
 
@@ -78,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     rc.add_argument("resource")
     rc.add_argument("--accept", action="store_true",
                     help="publish the deletions a sweep held (more than max_delete_fraction)")
+    fg = sub.add_parser("forget", help="erase one record from snapshots, stream, dead "
+                                       "letters and logs (stop the daemon first)")
+    fg.add_argument("practice")
+    fg.add_argument("resource", help="e.g. patients")
+    fg.add_argument("record_id", metavar="ID")
+    with_config(fg)
     sc = sub.add_parser("subscriber", help="manage a subscriber")
     sc_sub = sc.add_subparsers(dest="action", required=True, metavar="ACTION")
     en = sc_sub.add_parser("enable", help="turn a disabled subscriber back on")
@@ -107,6 +114,13 @@ def _parser() -> argparse.ArgumentParser:
     sb.add_argument("--payments", type=int, default=30)
     sb.add_argument("--spread-days", type=float, default=365.0,
                     help="spread the initial records' updated_at over this many days")
+    sm = sub.add_parser("schema", help="the event contract: JSON Schema, OpenAPI, AsyncAPI")
+    sm.add_argument("--format", choices=["jsonschema", "openapi", "asyncapi", "all"],
+                    default=None, help="jsonschema (2020-12, one per event type), openapi "
+                                       "(3.1, webhooks), asyncapi (3, the Redis stream); "
+                                       "default: all with --out, jsonschema without")
+    sm.add_argument("--out", metavar="DIR", help="write files under DIR (as docs/schema/) "
+                                                 "instead of printing one document")
     return p
 
 
@@ -179,6 +193,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             ok = anyio.run(partial(admin.reconcile, settings, args.practice, args.resource,
                                    safe(sys.stdout), accept=args.accept))
             return EXIT_OK if ok else EXIT_CHECK
+        if args.command == "forget":
+            settings = _load(args.config, **_REDIS_ONLY)
+            from notifier.service import forget
+            ok = anyio.run(forget.run, settings, args.practice, args.resource,
+                           args.record_id, safe(sys.stdout))
+            return EXIT_OK if ok else EXIT_CHECK
         if args.command == "subscriber":
             settings = _load(args.config, **_REDIS_ONLY)
             from notifier.service import admin
@@ -192,6 +212,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             from notifier import demo
             anyio.run(demo.run, args.duration, args.records)
+            return EXIT_OK
+        if args.command == "schema":
+            from notifier.schema import documents
+            if args.out is None:
+                if args.format == "all":
+                    raise UsageError("--format all writes several files: give --out DIR")
+                sys.stdout.write(documents.stdout_document(args.format or "jsonschema"))
+            else:
+                from pathlib import Path
+                written = documents.write(args.format or "all", Path(args.out))
+                print(f"wrote {len(written)} files under {args.out}")
             return EXIT_OK
         if args.command == "sandbox":
             from notifier.sandbox import main as sandbox_main

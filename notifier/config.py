@@ -10,6 +10,7 @@ time they are needed, so a rotated key file is picked up on reload.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,7 +30,8 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from notifier import signing
-from notifier.core import resources
+from notifier.core import fields as known_fields
+from notifier.core import resources, shaping
 from notifier.delivery import safety
 from notifier.errors import ConfigError
 
@@ -67,6 +69,58 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+FieldNames = list[str] | dict[str, list[str]]
+"""A field list for every resource, or per resource: ``{ patients = [...], "*" = [...] }``
+(``*``: every resource not listed)."""
+
+
+def _field_table(value: FieldNames | None, what: str) -> dict[str, list[str]] | None:
+    """``value`` as resource -> names, each checked (ValueError names the problem): a
+    per-resource list against that resource's known fields, a list for every resource
+    (or ``*``) against the fields of all described resources together."""
+    if value is None:
+        return None
+    table = {shaping.ALL: value} if isinstance(value, list) else value
+    for resource, names in table.items():
+        if resource == shaping.ALL:
+            problem = known_fields.unknown_anywhere(names)
+        elif resource not in resources.RESOURCES:
+            raise ValueError(f"{what}: unknown resource {resource!r} (known: "
+                             f"{', '.join(sorted(resources.RESOURCES))}, or \"*\")")
+        else:
+            problem = known_fields.unknown(resource, names)
+        if problem is not None:
+            raise ValueError(f"{what}: {problem}")
+        if len(set(names)) != len(names):
+            raise ValueError(f"{what}: a field is listed twice")
+    return table
+
+
+def _rules(allow: dict[str, list[str]] | None, deny: dict[str, list[str]] | None
+           ) -> dict[str, shaping.FieldRule]:
+    out: dict[str, shaping.FieldRule] = {}
+    for resource, names in (allow or {}).items():
+        out[resource] = shaping.FieldRule(allow=frozenset(names))
+    for resource, names in (deny or {}).items():
+        out[resource] = shaping.FieldRule(deny=frozenset(names))
+    return out
+
+
+class HeaderSource(_Strict):
+    """A header value from the environment or a file, like a secret."""
+
+    env: str | None = None
+    file: Path | None = None
+    value: SecretStr | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> HeaderSource:
+        given = [n for n in ("env", "file", "value") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise ValueError("set exactly one of env, file, value")
+        return self
+
+
 def _read_secret(inline: SecretStr | None, env: str | None, file: Path | None,
                  what: str) -> str:
     """The secret from exactly one of its three sources; ConfigError names the problem."""
@@ -94,6 +148,9 @@ class RedisConfig(_Strict):
     stream: str = "dentally:events"
     prefix: str = Field(default="dentally-notifier", min_length=1)
     retention: Seconds = 604_800
+    stream_fields: FieldNames | None = None
+    """Keep only these record fields in the stream (all resources, or per resource): for
+    operators who want the minimum there too. Snapshots stay whole (diffs need them)."""
     consumer_groups: list[Annotated[str, Field(min_length=1)]] = Field(default_factory=list)
     """Your own consumer groups on the stream: retention never trims what they have not
     read or acknowledged, as for the subscribers' groups."""
@@ -111,6 +168,18 @@ class RedisConfig(_Strict):
         except ValueError as exc:
             # the message never repeats the URL: it may carry a password
             raise ValueError(str(exc)) from None
+
+    @field_validator("stream_fields")
+    @classmethod
+    def _stream_fields(cls, value: FieldNames | None) -> FieldNames | None:
+        _field_table(value, "stream_fields")
+        return value
+
+    def stream_shape(self) -> shaping.Shape | None:
+        """How events are cut down before they enter the stream, if they are."""
+        table = _field_table(self.stream_fields, "stream_fields")
+        return None if table is None else shaping.Shape(fields=_rules(table, None),
+                                                        skip_hidden_updates=False)
 
 
 class PracticeConfig(_Strict):
@@ -139,6 +208,15 @@ class PracticeConfig(_Strict):
     rate_window: Seconds = 3600.0
     key_probe_interval: Seconds = 3600.0
     scope_recheck_interval: Seconds = 86_400.0
+    webhook_secret: SecretStr | None = None
+    webhook_secret_env: str | None = None
+    webhook_secret_file: Path | None = None
+    """The secret of the practice's Dentally webhooks (at most one source): with one set,
+    ``[ingest] listen`` serves ``POST /dentally/<name>`` and hints make polls come early."""
+    backstop_interval: Seconds = 300.0
+    """While Dentally's webhooks keep arriving, a hinted resource polls this seldom."""
+    hint_silence_after: Seconds = 900.0
+    """No hint for this long while polls still find changes: the webhook is broken."""
 
     @field_validator("resources")
     @classmethod
@@ -175,9 +253,30 @@ class PracticeConfig(_Strict):
                              + (f" (got {', '.join(given)})" if given else ""))
         return self
 
+    @model_validator(mode="after")
+    def _one_webhook_secret_source(self) -> PracticeConfig:
+        given = [n for n in ("webhook_secret", "webhook_secret_env", "webhook_secret_file")
+                 if getattr(self, n) is not None]
+        if len(given) > 1:
+            raise ValueError("set at most one of webhook_secret_env, webhook_secret_file, "
+                             f"webhook_secret (got {', '.join(given)})")
+        return self
+
     @property
     def url(self) -> str:
         return self.base_url or REGIONS[self.region]
+
+    @property
+    def hinted(self) -> bool:
+        """Whether this practice takes Dentally's webhooks (a secret is configured)."""
+        return any(getattr(self, n) is not None
+                   for n in ("webhook_secret", "webhook_secret_env", "webhook_secret_file"))
+
+    def webhook_secret_values(self) -> list[str]:
+        """The webhook secrets (several, space-separated, while rotating)."""
+        return _read_secret(self.webhook_secret, self.webhook_secret_env,
+                            self.webhook_secret_file,
+                            f"practice {self.name!r} webhook secret").split()
 
     def interval(self, resource: str) -> float:
         if resource in self.intervals:
@@ -189,6 +288,12 @@ class PracticeConfig(_Strict):
     def api_key_value(self) -> str:
         return _read_secret(self.api_key, self.api_key_env, self.api_key_file,
                             f"practice {self.name!r} API key")
+
+
+HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+RESERVED_HEADERS = frozenset({
+    "content-type", "content-length", "content-encoding", "transfer-encoding", "host",
+    "connection", "webhook-id", "webhook-timestamp", "webhook-signature"})
 
 
 class SubscriberConfig(_Strict):
@@ -209,6 +314,50 @@ class SubscriberConfig(_Strict):
     max_per_second: Seconds | None = None
     ordering: Literal["none", "per_record"] = "none"
     disable_after: Seconds = 432_000
+    payload: shaping.PayloadMode = "full"
+    fields: FieldNames | None = None
+    exclude_fields: FieldNames | None = None
+    practices: list[Name] | None = None
+    sites: list[Annotated[str, Field(min_length=1)]] | None = None
+    changed: list[str] | None = None
+    headers: dict[str, SecretStr | HeaderSource] = Field(default_factory=dict)
+    format: shaping.Format = "standard"
+
+    @field_validator("fields", "exclude_fields")
+    @classmethod
+    def _field_names(cls, value: FieldNames | None, info: ValidationInfo) -> FieldNames | None:
+        _field_table(value, str(info.field_name))
+        return value
+
+    @field_validator("changed")
+    @classmethod
+    def _changed(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return value
+        if not value:
+            raise ValueError("an empty list would deliver no update at all; leave it out")
+        singular = {r.singular: r.name for r in resources.RESOURCES.values()}
+        for item in value:
+            kind, dot, name = item.partition(".")
+            if not dot or kind not in singular:
+                raise ValueError(f"{item!r}: write <resource>.<field> with the resource in "
+                                 "the singular, e.g. \"appointment.state\"")
+            problem = known_fields.unknown(singular[kind], [name])
+            if problem is not None:
+                raise ValueError(f"{item!r}: {problem}")
+        return value
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, SecretStr | HeaderSource]
+                 ) -> dict[str, SecretStr | HeaderSource]:
+        for name in value:
+            if not HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid HTTP header name")
+            if name.lower() in RESERVED_HEADERS:
+                raise ValueError(f"{name!r} is set by the notifier itself (signature, "
+                                 "content type, framing) and cannot be overridden")
+        return value
 
     @field_validator("url")
     @classmethod
@@ -239,6 +388,55 @@ class SubscriberConfig(_Strict):
         return values
 
     @model_validator(mode="after")
+    def _shaping(self) -> SubscriberConfig:
+        if self.fields is not None and self.exclude_fields is not None:
+            allow = _field_table(self.fields, "fields") or {}
+            deny = _field_table(self.exclude_fields, "exclude_fields") or {}
+            both = sorted(set(allow) & set(deny))
+            if both:
+                raise ValueError("set fields or exclude_fields for a resource, not both "
+                                 f"(both given for {', '.join(both)})")
+        if self.payload == "thin" and (self.fields is not None
+                                       or self.exclude_fields is not None):
+            raise ValueError('payload = "thin" sends no record fields: fields and '
+                             "exclude_fields have no effect with it; leave them out")
+        return self
+
+    def shape(self, regions: Mapping[str, str] | None = None) -> shaping.Shape:
+        """This subscriber's delivery rules (``regions``: practice -> region)."""
+        singular = {r.singular: r.name for r in resources.RESOURCES.values()}
+        changed: dict[str, set[str]] | None = None
+        if self.changed is not None:
+            changed = {}
+            for item in self.changed:
+                kind, _, name = item.partition(".")
+                changed.setdefault(singular[kind], set()).add(name)
+        return shaping.Shape(
+            payload=self.payload,
+            fields=_rules(_field_table(self.fields, "fields"),
+                          _field_table(self.exclude_fields, "exclude_fields")),
+            practices=frozenset(self.practices) if self.practices is not None else None,
+            sites=frozenset(self.sites) if self.sites is not None else None,
+            changed=({k: frozenset(v) for k, v in changed.items()}
+                     if changed is not None else None),
+            format=self.format, regions=dict(regions or {}))
+
+    def header_values(self) -> dict[str, str]:
+        """The extra headers, read from their sources (ConfigError names the header,
+        never its value)."""
+        out: dict[str, str] = {}
+        for name, source in self.headers.items():
+            what = f"subscriber {self.name!r} header {name!r}"
+            if isinstance(source, SecretStr):
+                value = source.get_secret_value()
+            else:
+                value = _read_secret(source.value, source.env, source.file, what)
+            if "\r" in value or "\n" in value:
+                raise ConfigError(f"{what}: the value contains a line break")
+            out[name] = value
+        return out
+
+    @model_validator(mode="after")
     def _one_secret_source(self) -> SubscriberConfig:
         given = [n for n in ("secret", "secrets", "secret_env", "secret_file")
                  if getattr(self, n) is not None]
@@ -247,18 +445,50 @@ class SubscriberConfig(_Strict):
         return self
 
 
+def _check_listen(value: str | None, example: str = "127.0.0.1:9464") -> str | None:
+    if value is None:
+        return value
+    _, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be host:port with a port from 1 to 65535, e.g. \"{example}\"")
+    return value
+
+
 class MetricsConfig(_Strict):
     listen: str | None = None
 
     @field_validator("listen")
     @classmethod
     def _listen(cls, value: str | None) -> str | None:
-        if value is None:
-            return value
-        _, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be host:port with a port from 1 to 65535, "
-                             "e.g. \"127.0.0.1:9464\"")
+        return _check_listen(value)
+
+
+MAX_HINT_BODY = 1 << 20
+
+
+class IngestConfig(_Strict):
+    """The endpoint for Dentally's own webhooks (``POST /dentally/<practice>``)."""
+
+    listen: str | None = None
+    signature_header: str = Field(default="X-Dentally-Signature", min_length=1)
+    signature_encoding: Literal["hex", "base64"] = "hex"
+    signature_prefix: str = ""
+    trusted_proxies: list[str] = Field(default_factory=list)
+    """Addresses or networks of reverse proxies whose ``X-Forwarded-For`` is believed."""
+    max_body: Annotated[int, Field(ge=1024, le=MAX_HINT_BODY)] = MAX_HINT_BODY
+    replay_window: Seconds = 600.0
+    """A signed body seen again within this long is ignored (a replay, or a duplicate)."""
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        return _check_listen(value, "0.0.0.0:8090")
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _proxies(cls, value: list[str]) -> list[str]:
+        from notifier.core.hints import networks
+        networks(value)
         return value
 
 
@@ -277,6 +507,7 @@ class Settings(BaseSettings):
     practices: list[PracticeConfig] = Field(default_factory=list)
     subscribers: list[SubscriberConfig] = Field(default_factory=list)
     metrics: MetricsConfig = Field(default_factory=MetricsConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
     log: LogConfig = Field(default_factory=LogConfig)
 
     @classmethod
@@ -295,6 +526,13 @@ class Settings(BaseSettings):
             for name in names:
                 if names.count(name) > 1:
                     raise ValueError(f"{what}: name {name!r} is used twice")
+        configured = {p.name for p in self.practices}
+        for sub in self.subscribers:
+            unknown = sorted(set(sub.practices or ()) - configured)
+            if self.practices and unknown:
+                raise ValueError(f"subscribers ({sub.name}).practices: no practice named "
+                                 f"{', '.join(map(repr, unknown))} (configured: "
+                                 f"{', '.join(sorted(configured))})")
         taken = {s.name for s in self.subscribers}
         for group in self.redis.consumer_groups:
             if group in taken:
@@ -304,9 +542,15 @@ class Settings(BaseSettings):
         return self
 
 
+def regions(settings: Settings) -> dict[str, str]:
+    """Practice name -> region (CloudEvents' ``source``)."""
+    return {p.name: p.region for p in settings.practices}
+
+
 RESTART_ONLY: dict[str, tuple[str, ...]] = {
-    "redis": ("url", "stream", "prefix"),
+    "redis": ("url", "stream", "prefix", "stream_fields"),
     "metrics": ("listen",),
+    "ingest": ("listen",),
 }
 """Settings a reload (SIGHUP) cannot apply: the daemon keeps the running values until it
 restarts. Everything else (practices, subscribers, ``[log]``, ``[redis] retention`` and
@@ -414,6 +658,10 @@ def load(path: Path, *, api_keys: bool = True, webhook_secrets: bool = True) -> 
     if webhook_secrets:
         for sub in settings.subscribers:
             sub.secret_values()
+            sub.header_values()
+        for practice in settings.practices:
+            if practice.hinted:
+                practice.webhook_secret_values()
     return settings
 
 
@@ -424,6 +672,9 @@ def secret_files(settings: Settings) -> list[tuple[str, Path]]:
         if p.api_key_file is not None:
             out.append((f"practices[{i}] ({p.name}).api_key_file",
                         Path(os.path.expandvars(str(p.api_key_file)))))
+        if p.webhook_secret_file is not None:
+            out.append((f"practices[{i}] ({p.name}).webhook_secret_file",
+                        Path(os.path.expandvars(str(p.webhook_secret_file)))))
     for i, sub in enumerate(settings.subscribers):
         if sub.secret_file is not None:
             out.append((f"subscribers[{i}] ({sub.name}).secret_file",

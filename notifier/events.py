@@ -14,30 +14,26 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from notifier.core.derive import Derived
 from notifier.core.diff import Kind
-from notifier.core.resources import RESOURCES
 from notifier.core.resources import get as get_resource
 from notifier.core.timefmt import format_us
+from notifier.schema.models import CATALOG, SCHEMA_VERSION
 
 KINDS: tuple[Kind, ...] = ("created", "updated", "deleted")
 
-NOTIFIER_EVENT_TYPES: tuple[str, ...] = (
-    "notifier.key.revoked",
-    "notifier.key.restored",
-    "notifier.key.idle",
-    "notifier.scope.denied",
-    "notifier.subscriber.disabled",
-    "notifier.reconcile.suspicious",
-    "notifier.test",
-)
+NOTIFIER_EVENT_TYPES: tuple[str, ...] = tuple(
+    t for t, et in CATALOG.items() if et.group == "notifier")
 """Events about the notifier itself (a test checks that the code publishes no other)."""
+
+_VERSION = b',"version":%d' % SCHEMA_VERSION
 
 
 def known_event_types() -> list[str]:
-    """Every event type the notifier can publish: ``<singular>.<kind>`` for each resource
-    and the ``notifier.*`` types. Subscriber patterns that match none of them are typos."""
-    return [f"{r.singular}.{kind}" for r in RESOURCES.values() for kind in KINDS] \
-        + list(NOTIFIER_EVENT_TYPES)
+    """Every event type the notifier can publish (the contract's catalog):
+    ``<singular>.<kind>`` for each resource, the derived types and the ``notifier.*`` types.
+    Subscriber patterns that match none of them are typos."""
+    return list(CATALOG)
 
 
 def canonical(value: Any) -> bytes:
@@ -63,6 +59,8 @@ class Event:
     record_id: str
     payload: bytes
     """The JSON envelope, exactly as stored and sent."""
+    cause: str = ""
+    """For a derived event, the id of the event it was derived from (not a stream field)."""
 
     FIELDS = ("id", "type", "practice", "resource", "record_id", "payload")
     """The fields of a stream entry (PRODUCT.md), in order."""
@@ -102,15 +100,44 @@ def record_event(practice: str, resource: str, kind: Kind, record: Mapping[str, 
     if kind == "updated":
         data["changes"] = dict(changes or {})
     head = _dumps({"id": eid, "type": etype, "timestamp": stamp})
-    payload = head[:-1] + b',"data":' + _dumps(data)[:-1] + b',"record":' + body + b"}}"
+    payload = (head[:-1] + _VERSION + b',"data":' + _dumps(data)[:-1] + b',"record":' + body
+               + b"}}")
     return Event(eid, etype, practice, resource, record_id, payload)
+
+
+def derived_event(cause: Event, derived: Derived, record: Mapping[str, Any], now: str,
+                  record_bytes: bytes) -> Event:
+    """A derived event (``appointment.cancelled``, ...) of the change ``cause`` published.
+
+    Its id is the cause's id and its type hashed together: as deterministic as the cause's.
+    ``data`` carries the record's ids, ``cause``, the rule's details and the record."""
+    eid = event_id(cause.id, derived.type)
+    data: dict[str, Any] = {
+        "practice": cause.practice,
+        "resource": cause.resource,
+        "record_id": cause.record_id,
+        "updated_at": record.get("updated_at"),
+        "cause": cause.id,
+        **derived.details,
+    }
+    head = _dumps({"id": eid, "type": derived.type, "timestamp": now})
+    payload = (head[:-1] + _VERSION + b',"data":' + _dumps(data)[:-1] + b',"record":'
+               + record_bytes + b"}}")
+    return Event(eid, derived.type, cause.practice, cause.resource, cause.record_id, payload,
+                 cause.id)
 
 
 def notifier_event(type_: str, practice: str, data: Mapping[str, Any], now: datetime,
                    *identity: str) -> Event:
-    """A ``notifier.*`` event; ``identity`` makes its id deterministic (e.g. the incident)."""
+    """A ``notifier.*`` event; ``identity`` makes its id deterministic (e.g. the incident).
+
+    ``data`` goes through the type's model (``notifier.schema.models``): a field of the
+    wrong name or type fails here, in the tests, not at a consumer."""
     eid = event_id(type_, practice, *identity)
     body = {"practice": practice, **data} if practice else dict(data)
-    envelope = {"id": eid, "type": type_, "timestamp": format_us(now), "data": body}
+    body = CATALOG[type_].data.model_validate(body).model_dump(mode="json", by_alias=True,
+                                                               exclude_unset=True)
+    envelope = {"id": eid, "type": type_, "timestamp": format_us(now),
+                "version": SCHEMA_VERSION, "data": body}
     payload = json.dumps(envelope, separators=(",", ":"), ensure_ascii=False).encode()
     return Event(eid, type_, practice, "", "", payload)

@@ -216,3 +216,73 @@ def test_max_delete_fraction_defaults_and_is_bounded(tmp_path: Path,
     with pytest.raises(ConfigError) as info:
         config.load(write(tmp_path, patched))
     assert "practices[0] (main).max_delete_fraction" in str(info.value)
+
+
+def test_a_subscriber_header_from_an_unset_variable_fails_at_load(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_DENTALLY_KEY", "k")
+    monkeypatch.delenv("TEST_CRM_TOKEN", raising=False)
+    path = write(tmp_path, MINIMAL + 'headers = { Authorization = { env = "TEST_CRM_TOKEN" } }\n')
+    with pytest.raises(ConfigError, match="subscriber 'crm' header 'Authorization': "
+                                          "environment variable TEST_CRM_TOKEN is not set"):
+        config.load(path)
+    monkeypatch.setenv("TEST_CRM_TOKEN", "Bearer t")
+    assert config.load(path).subscribers[0].header_values() == {"Authorization": "Bearer t"}
+
+
+def test_dentally_webhooks_are_off_by_default(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_DENTALLY_KEY", "k1")
+    s = config.load(write(tmp_path, MINIMAL))
+    p = s.practices[0]
+    assert s.ingest.listen is None and not p.hinted
+    assert p.backstop_interval == 300 and p.hint_silence_after == 900
+    assert s.ingest.signature_header == "X-Dentally-Signature"
+    assert s.ingest.max_body == 1 << 20
+
+
+def test_dentally_webhook_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_DENTALLY_KEY", "k1")
+    secret = tmp_path / "hook"
+    secret.write_text("new old\n")
+    text = MINIMAL.replace("poll_interval = 60", f'poll_interval = 60\n'
+                           f'webhook_secret_file = "{secret}"\nbackstop_interval = 120') \
+        + '\n[ingest]\nlisten = "0.0.0.0:8090"\ntrusted_proxies = ["10.0.0.0/8", "::1"]\n'
+    s = config.load(write(tmp_path, text))
+    p = s.practices[0]
+    assert p.hinted and p.webhook_secret_values() == ["new", "old"]
+    assert "new" not in repr(s)
+    assert s.ingest.listen == "0.0.0.0:8090" and p.backstop_interval == 120
+    assert config.restart_needed(s, s.model_copy(update={"ingest": s.ingest.model_copy(
+        update={"listen": "0.0.0.0:9"})})) == ["[ingest] listen"]
+
+
+@pytest.mark.parametrize(("patch", "message"), [
+    ('[ingest]\nlisten = "8090"', "ingest.listen: Value error, must be host:port"),
+    ('[ingest]\ntrusted_proxies = ["nope"]', "'nope' is not an IP address or network"),
+    ('[ingest]\nmax_body = 2000000', "ingest.max_body"),
+    ('[ingest]\nsignature_encoding = "rot13"', "ingest.signature_encoding"),
+])
+def test_bad_ingest_settings_are_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                       patch: str, message: str) -> None:
+    monkeypatch.setenv("TEST_DENTALLY_KEY", "k1")
+    with pytest.raises(ConfigError, match=message):
+        config.load(write(tmp_path, MINIMAL + "\n" + patch + "\n"))
+
+
+def test_two_webhook_secret_sources_are_refused(tmp_path: Path) -> None:
+    text = MINIMAL.replace("poll_interval = 60", 'poll_interval = 60\nwebhook_secret = "a"\n'
+                           'webhook_secret_env = "B"')
+    with pytest.raises(ConfigError, match="at most one of webhook_secret_env"):
+        config.load(write(tmp_path, text))
+
+
+def test_a_missing_webhook_secret_fails_at_load(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TEST_DENTALLY_KEY", "k1")
+    monkeypatch.delenv("NO_SUCH_HOOK_SECRET", raising=False)
+    text = MINIMAL.replace("poll_interval = 60", 'poll_interval = 60\n'
+                           'webhook_secret_env = "NO_SUCH_HOOK_SECRET"')
+    with pytest.raises(ConfigError, match="webhook secret: environment variable "
+                                          "NO_SUCH_HOOK_SECRET is not set"):
+        config.load(write(tmp_path, text))

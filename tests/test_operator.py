@@ -229,3 +229,17 @@ async def test_secret_files_readable_by_others_are_warned_about(
         done = run_cli("check", "--config", str(d.config))
         assert "secret file" not in done.stdout
     assert sandbox.key not in d.log.read_text() and SECRET not in d.log.read_text()
+
+
+@pytest.mark.parametrize(("argv", "said"), [
+    (["redeliver", "nosuch"], "no subscriber named 'nosuch' in the config (configured: crm)"),
+    (["reconcile", "nosuch", "patients"],
+     "no practice named 'nosuch' in the config (configured: main)"),
+])
+def test_an_unknown_name_is_exit_2_listing_the_configured_ones(
+        tmp_path: Path, redis_url: str, ns: Namespace, argv: list[str], said: str) -> None:
+    cfg = cfg_with(tmp_path, redis_url, ns, subscribers=[
+        {"name": "crm", "url": "http://hooks.example.com/x", "secret": SECRET}])
+    done = run_cli(*argv, "--config", str(cfg), timeout=30)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert said in done.stderr and "Traceback" not in done.stderr

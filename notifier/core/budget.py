@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
 
@@ -67,9 +67,10 @@ STEADY_SHARE = 1.0
 stretched. All of it: a resource's backfill or sweep runs in place of its own polls, so it
 uses that resource's part, plus whatever the other polls leave."""
 
-RESET_MARGIN = 0.2
-"""Seconds after the server's reset before the next request (the reset and ``Date``
-headers have whole seconds, and are converted so that we are late, never early)."""
+RESET_MARGIN = 0.05
+"""Seconds after the server's reset before the next request. The reset arrives already
+on our clock, placed late by a fraction of a second and never early
+(``ServerClock.to_local``: ``Date`` has whole seconds); this only absorbs rounding."""
 
 DEFAULT_RETRY_AFTER = 1.0
 """How long a 429 without ``Retry-After`` blocks."""
@@ -259,6 +260,20 @@ class Budget:
             self.server_remaining = max(0, self.server_remaining - 1)
             if self.server_reset is None:
                 self.server_seen = now   # the probe of rule 4 went
+
+    def restore(self, times: Iterable[float], now: float) -> None:
+        """Requests sent before a restart (kept in Redis): they count against the share
+        and the spread as if this process had sent them, so that a restart within the
+        window cannot spend the share twice. Times already known are not counted again;
+        a time in our future (another host's clock) counts as now."""
+        horizon = now - self.window - CAP_MARGIN
+        merged = sorted(set(self.log) | {min(t, now) for t in times if t > horizon})
+        self.log = deque(merged)
+        self.tat = 0.0
+        for t in merged:   # GCRA's state depends on the send times alone
+            self.tat = max(self.tat, t) + self.interval
+        if merged:
+            self.last_sent = max(self.last_sent or merged[-1], merged[-1])
 
     def answered(self, now: float, sent_at: float, answer: Answer) -> Action:
         """A response arrived for the request sent at ``sent_at``."""

@@ -20,6 +20,21 @@ be believed on its own:
 Only the very first sample is taken alone (there is nothing else yet); the poller caps a
 window's cursor by the estimate once the window is read, when later samples have outvoted
 a bad first one.
+
+**Deadlines are placed differently** (:meth:`ServerClock.to_local`). A server deadline (the
+rate window's ``x-ratelimit-reset``) put on our clock through the estimate is late by up to
+a second (the estimate sits anywhere in the second ``Date`` truncates): the practice would
+wait that long after every reset. Every sample is a lower bound (``Date`` is truncated,
+and the response left the server before we read it), so the *greatest* sample is still
+one, and the closest: taken at different fractions of a second, within a fraction of a
+second of the truth. Deadlines use the greatest of the recent samples and of the best one
+ever seen, aged by :data:`DRIFT` per second (the two clocks may run at slightly different
+rates): requests made right after each reset all sample the same fraction of a second,
+and only an older sample taken at another fraction shows how late they are. Guarded like
+the estimate: only samples at most :data:`REACH_MS` above the lower median of the recent
+ones count (true samples lie within a second plus a response's latency of each other), so
+a blip ahead cannot bring a deadline early, nor one behind hold it back. The cursor keeps
+the estimate.
 """
 
 from __future__ import annotations
@@ -33,6 +48,10 @@ QUORUM_SPAN_S = 20.0
 AGREE_MS = 2_000
 DRIFT = 0.001
 MAX_GAIN_MS = 1_000
+DEADLINE_SAMPLES = 16
+"""Samples kept for placing deadlines: more fractions of a second seen, a closer bound."""
+REACH_MS = 1_100
+"""How far above the lower median a sample may be and still count for a deadline."""
 
 
 @dataclass
@@ -44,10 +63,19 @@ class ServerClock:
     _since: float = 0.0
     """Monotonic time of the last rise of the estimate (the drift allowance runs from it)."""
     _samples: deque[tuple[int, float]] = field(default_factory=lambda: deque(maxlen=SAMPLES))
+    _recent: deque[int] = field(default_factory=lambda: deque(maxlen=DEADLINE_SAMPLES))
+    """The last samples, for deadlines (see the module's docstring)."""
+    _best: tuple[int, float] | None = None
+    """The greatest sample seen (within reach), and when: aged by DRIFT, for deadlines."""
 
     def observe(self, date_ms: int, mono: float) -> None:
         sample = date_ms - round(mono * 1000)
         self._samples.append((sample, mono))
+        self._recent.append(sample)
+        center = self._center()
+        if center <= sample <= center + REACH_MS and (
+                self._best is None or sample >= self._aged_best(mono)):
+            self._best = (sample, mono)
         if self._offset is None:
             self._offset, self._since = sample, mono
             return
@@ -72,3 +100,31 @@ class ServerClock:
         if self._offset is None:
             return None
         return round(mono * 1000) + self._offset
+
+    def _center(self) -> int:
+        ordered = sorted(self._recent)
+        return ordered[(len(ordered) - 1) // 2]
+
+    def _aged_best(self, mono: float) -> int:
+        assert self._best is not None
+        sample, at = self._best
+        return sample - int(DRIFT * max(0.0, mono - at) * 1000)
+
+    def deadline_offset(self, mono: float) -> int | None:
+        """The offset for placing server deadlines at ``mono``: the greatest sample, recent
+        or the aged best, within :data:`REACH_MS` of the lower median (never below the
+        estimate)."""
+        if self._offset is None:
+            return None
+        center = self._center()
+        candidates = [*self._recent, self._aged_best(mono)] if self._best else self._recent
+        return max([self._offset, *(s for s in candidates if center <= s <= center + REACH_MS)])
+
+    def to_local(self, server_ms: int, mono: float, wall: float) -> float | None:
+        """Our wall-clock time (unix s) at which the server's clock shows ``server_ms``,
+        at ``mono``/``wall`` now: late by a fraction of a second, never early (a sample
+        is a lower bound of the server's time). None before any response."""
+        offset = self.deadline_offset(mono)
+        if offset is None:
+            return None
+        return wall + (server_ms - round(mono * 1000) - offset) / 1000

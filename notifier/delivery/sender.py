@@ -26,7 +26,7 @@ import contextlib
 import math
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import anyio
@@ -55,7 +55,11 @@ class Sender:
     def __init__(self, url: str, secrets: Sequence[str], *, timeout: float,
                  max_in_flight: int, allow_private: bool,
                  transport: httpx.AsyncBaseTransport | None = None,
-                 wall: Callable[[], float] = time.time) -> None:
+                 wall: Callable[[], float] = time.time,
+                 headers: Mapping[str, str] | None = None,
+                 content_type: str = "application/json") -> None:
+        """``headers``: the subscriber's own (an auth header: treated as secrets, never
+        logged); ``content_type``: CloudEvents structured mode has its own."""
         for s in secrets:
             signing.secret_key(s)  # fail at start on a malformed secret, naming no secret
         self.url = url
@@ -64,6 +68,8 @@ class Sender:
         self._wall = wall
         self.timeout = timeout
         self.max_in_flight = max_in_flight
+        self._headers = {"User-Agent": USER_AGENT, **(headers or {})}
+        self._content_type = content_type
         self._transport = transport
         self.client = self._client()
 
@@ -76,7 +82,7 @@ class Sender:
                                                                 socket_options=NODELAY)
         return httpx.AsyncClient(
             timeout=httpx.Timeout(self.timeout), limits=limits, follow_redirects=False,
-            headers={"User-Agent": USER_AGENT}, transport=transport)
+            headers=self._headers, transport=transport)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -109,6 +115,7 @@ class Sender:
         except UnsafeURL as exc:
             return Attempt(None, 0.0, str(exc), unsafe=True)
         headers = signing.headers(self.secrets, event_id, int(self._wall()), payload)
+        headers["content-type"] = self._content_type
         try:
             async with self.client.stream("POST", self.url, content=payload, headers=headers,
                                           extensions={"trace": trace}) as response:

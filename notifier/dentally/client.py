@@ -71,12 +71,61 @@ def _int_header(headers: httpx.Headers, name: str) -> int | None:
         return None
 
 
+HOST_CONNECTIONS = 32
+"""Requests in flight at once to one Dentally host, for the whole process (every practice
+on that host shares them): a poll is one short request, so a few dozen carry a thousand
+practices, and the sockets stay few whatever the practice count."""
+
+
+class HostPools:
+    """One HTTP connection pool per Dentally host, shared by every practice's client.
+
+    A pool per practice cost a socket or more and about 0.9 MB (httpx's client and its TLS
+    context) for every practice. Requests wait for a slot in our own limiter, never in
+    httpcore's pool queue: httpcore 1.0.x leaks a pool slot when a request waiting there is
+    cancelled (encode/httpcore #1093), and a leak in a shared pool would starve every
+    practice. The pool is sized above the limiter so that httpcore never queues."""
+
+    def __init__(self, max_connections: int = HOST_CONNECTIONS,
+                 transport: Callable[[], httpx.AsyncBaseTransport | None] = lambda: None
+                 ) -> None:
+        self.max_connections = max_connections
+        self._transport = transport
+        self._hosts: dict[tuple[str, str, int | None], tuple[httpx.AsyncClient,
+                                                             anyio.CapacityLimiter]] = {}
+
+    def get(self, base_url: str) -> tuple[httpx.AsyncClient, anyio.CapacityLimiter]:
+        """The shared client of ``base_url``'s host, and the limiter of its slots."""
+        url = httpx.URL(base_url)
+        host = (url.scheme, url.host, url.port)
+        if host not in self._hosts:
+            n = self.max_connections
+            self._hosts[host] = (httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=n + 8, max_keepalive_connections=n),
+                transport=self._transport(), follow_redirects=False),
+                anyio.CapacityLimiter(n))
+        return self._hosts[host]
+
+    @property
+    def hosts(self) -> int:
+        return len(self._hosts)
+
+    async def aclose(self) -> None:
+        for client, _ in self._hosts.values():
+            await client.aclose()
+        self._hosts.clear()
+
+
 class DentallyClient:
-    """One practice's connection to Dentally. Close it with ``aclose``."""
+    """One practice's connection to Dentally. Close it with ``aclose``.
+
+    With ``pools``, its requests go through the host's shared pool (the daemon: one pool
+    per host for every practice); without, it has a small pool of its own."""
 
     def __init__(self, base_url: str, api_key: str, *, timeout: float = 30.0,
                  pacer: Pacer | None = None,
                  transport: httpx.AsyncBaseTransport | None = None,
+                 pools: HostPools | None = None,
                  monotonic: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
         self.base_url = base_url.rstrip("/")
@@ -94,21 +143,34 @@ class DentallyClient:
         rate refusal raises RateLimited at once."""
         self._mono = monotonic
         self._wall = wall
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url,
-            headers={"User-Agent": USER_AGENT, "Accept": "application/json",
-                     "Authorization": f"Bearer {api_key}"},
-            timeout=httpx.Timeout(timeout, connect=min(10.0, timeout)),
-            limits=httpx.Limits(max_connections=4, max_keepalive_connections=4),
-            transport=transport,
-            follow_redirects=False,
-        )
+        self._headers = {"User-Agent": USER_AGENT, "Accept": "application/json",
+                         "Authorization": f"Bearer {api_key}"}
+        self._timeout = httpx.Timeout(timeout, connect=min(10.0, timeout))
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._owned = pools is None
+        if pools is None:
+            self._http = httpx.AsyncClient(
+                timeout=self._timeout,
+                limits=httpx.Limits(max_connections=4, max_keepalive_connections=4),
+                transport=transport, follow_redirects=False)
+        else:
+            self._http, self._limiter = pools.get(self.base_url)
 
     def set_key(self, api_key: str) -> None:
-        self._http.headers["Authorization"] = f"Bearer {api_key}"
+        self._headers["Authorization"] = f"Bearer {api_key}"
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._owned:
+            await self._http.aclose()
+
+    async def _send(self, path: str, params: dict[str, str] | None) -> httpx.Response:
+        url = self.base_url + "/v1" + path
+        if self._limiter is None:
+            return await self._http.get(url, params=params, headers=self._headers,
+                                        timeout=self._timeout)
+        async with self._limiter:
+            return await self._http.get(url, params=params, headers=self._headers,
+                                        timeout=self._timeout)
 
     def server_now(self) -> int | None:
         """The server's time in ms, estimated from the last ``Date`` header."""
@@ -145,7 +207,7 @@ class DentallyClient:
             sent_at = await self.pacer.slot(priority) if self.pacer is not None else 0.0
             self.requests += 1
             try:
-                response = await self._http.get("/v1" + path, params=params)
+                response = await self._send(path, params)
             except httpx.TimeoutException:
                 self._tell(Outcome.FAILED, probe, resource, None, "timed out")
                 raise TransientError(f"{what}: timed out") from None
@@ -179,8 +241,8 @@ class DentallyClient:
 
     def _observe(self, response: httpx.Response) -> Answer:
         """Feed the server clock from ``Date``; read what the response says of the budget,
-        its reset converted to our clock by the server clock's estimate (a lower bound of
-        the server's time: the converted reset is late, never early)."""
+        its reset put on our clock by ``ServerClock.to_local`` (the closest lower bound of
+        the server's time: the reset is late by a fraction of a second, never early)."""
         now = self._wall()
         date = response.headers.get("date")
         if date:
@@ -191,9 +253,8 @@ class DentallyClient:
                 pass
         h = response.headers
         reset = _int_header(h, "x-ratelimit-reset")
-        server_ms = self.clock.now(self._mono())
-        reset_at = None if reset is None else (
-            now + reset - server_ms / 1000 if server_ms is not None else float(reset))
+        local = None if reset is None else self.clock.to_local(reset * 1000, self._mono(), now)
+        reset_at = None if reset is None else local if local is not None else float(reset)
         if "x-ratelimit-remaining" in h:
             self.rate = RateState(_int_header(h, "x-ratelimit-limit"),
                                   _int_header(h, "x-ratelimit-remaining"), reset_at)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -49,6 +49,9 @@ class Pacer:
         self._queue: list[tuple[int, int, float]] = []   # (priority, order, since)
         self._seq = itertools.count()
         self._changed: anyio.Event | None = None   # made in the event loop, when needed
+        self.recorder: Callable[[float], Awaitable[None]] | None = None
+        """Told each send time before the request leaves (``store.sendlog``: the share
+        holds across restarts); set with the budget restored from it."""
 
     def _event(self) -> anyio.Event:
         if self._changed is None:
@@ -84,6 +87,9 @@ class Pacer:
                     if at <= now:
                         self._queue.remove(entry)
                         self.budget.sent(now)
+                        self._notify()
+                        if self.recorder is not None:
+                            await self.recorder(now)
                         return now
                     wait = at - now
                 elif priority == Priority.BULK:

@@ -60,6 +60,11 @@ class Metrics:
                             ["practice"], registry=r)
         self.deliveries = Counter(P + "deliveries", "Delivery attempts by outcome",
                                   ["subscriber", "outcome"], registry=r)
+        self.skipped = Counter(P + "deliveries_skipped",
+                               "Events not sent to a subscriber by its filters (practice, "
+                               "site, changed) or because an update changed only fields it "
+                               "may not see (excluded_only)", ["subscriber", "reason"],
+                               registry=r)
         self.delivery_seconds = Histogram(P + "delivery_seconds", "Delivery attempt latency",
                                           ["subscriber"], registry=r)
         self.retries_pending = Gauge(P + "retries_pending", "Events waiting for a retry",
@@ -68,6 +73,12 @@ class Metrics:
                                   ["subscriber"], registry=r)
         self.lag = Gauge(P + "consumer_lag", "Events not yet read or acknowledged",
                          ["subscriber"], registry=r)
+        self.hints = Counter(P + "webhook_hints", "Dentally webhooks received, by outcome "
+                             "(accepted, replayed, ignored, unsigned, bad_signature, "
+                             "too_large, unknown_practice)", ["practice", "outcome"],
+                             registry=r)
+        self.hint_polls = Counter(P + "hint_polls", "Polls a Dentally webhook brought "
+                                  "forward", ["practice", "resource"], registry=r)
         self.stream_length = Gauge(P + "stream_length", "Events in the stream", registry=r)
 
     def render(self) -> bytes:

@@ -67,7 +67,16 @@ def describe(event: dict[str, Any]) -> str:
     what = f"{data.get('resource', '')}/{data.get('record_id', '')}"
     line = f"{etype:<22} {data.get('practice', ''):<6} {what:<20}"
     record = data.get("record") or {}
-    if etype.endswith(".updated"):
+    if "cause" in data:  # a derived event: what the change means
+        if "from" in data:
+            line += f"  {_short(data['from'])} -> {_short(data['to'])}"
+        elif data.get("changes"):
+            line += "  " + ", ".join(data["changes"])
+        elif "due_on" in data:
+            line += f"  due {data['due_on']}, outstanding {data.get('amount_outstanding')}"
+        elif "amount" in data:
+            line += f"  amount {data['amount']}"
+    elif etype.endswith(".updated"):
         parts = [f"{k}: {_short(o)} -> {_short(n)}"
                  for k, (o, n) in (data.get("changes") or {}).items() if k != "updated_at"]
         line += "  " + "; ".join(parts)

@@ -81,3 +81,71 @@ ENDPOINTS: dict[str, Endpoint] = {e.name: e for e in (
 
 # Appointments listed only with cancelled=true.
 HIDDEN_APPOINTMENT_STATES = frozenset({"Cancelled", "Did not attend"})
+
+# The fields each record carries, as the sandbox serves them (from what is known of
+# Dentally's, dentally-api.md), with what each means. docs/events.md lists them per resource;
+# a test checks that the sandbox's records carry exactly these.
+_STAMPS = {
+    "created_at": "when it was created (ISO 8601, milliseconds, the practice's offset)",
+    "updated_at": "when it last changed (same form); every change moves it",
+}
+RECORD_FIELDS: dict[str, dict[str, str]] = {
+    "patients": {
+        "id": "integer id",
+        "uuid": "a GUID",
+        "active": "false once archived",
+        "archived_reason": "why it was archived, or null",
+        "title": "Mr, Mrs, Ms, Miss, Dr, Mx",
+        "first_name": "", "middle_name": "", "last_name": "", "preferred_name": "",
+        "gender": "true male, false female (Dentally's encoding)",
+        "date_of_birth": "YYYY-MM-DD",
+        "email_address": "", "mobile_phone": "", "home_phone": "",
+        "address_line_1": "", "address_line_2": "", "town": "", "county": "", "postcode": "",
+        "site_id": "GUID of the practice site",
+        "dentist_id": "the patient's dentist (a practitioner id)",
+        "payment_plan_id": "integer id or null",
+        "medical_alert": "true when the patient has a medical alert",
+        "recall_interval": "months between recalls",
+        "ethnicity": "", "nhs_number": "",
+        "use_email": "consents to email", "use_sms": "consents to SMS",
+        "metadata": "a small free object",
+        **_STAMPS,
+    },
+    "appointments": {
+        "id": "integer id",
+        "uuid": "a GUID",
+        "patient_id": "the patient (null for a diary block)",
+        "practitioner_id": "",
+        "state": "Pending, Confirmed, Arrived, In surgery, Completed, Cancelled, "
+                 "Did not attend",
+        "reason": "e.g. Exam, Hygiene",
+        "duration": "minutes",
+        "start_time": "timestamp", "finish_time": "timestamp",
+        "cancelled_at": "when it was cancelled, or null",
+        "pending_at": "when it entered that state, or null",
+        "confirmed_at": "", "arrived_at": "", "in_surgery_at": "", "completed_at": "",
+        "did_not_attend_at": "",
+        "metadata": "a small free object",
+        **_STAMPS,
+    },
+    "invoices": {
+        "id": "integer id",
+        "patient_id": "", "site_id": "",
+        "reference": "e.g. INV123456",
+        "amount": "money as a string, e.g. \"76.0\"",
+        "amount_outstanding": "the balance left to pay (money string)",
+        "paid": "true once settled",
+        "dated_on": "YYYY-MM-DD",
+        "due_on": "YYYY-MM-DD (the sandbox: dated_on + 30 days)",
+        **_STAMPS,
+    },
+    "payments": {
+        "id": "integer id",
+        "patient_id": "", "site_id": "",
+        "amount": "money string: positive received, negative refunded",
+        "method": "Card, Cash, Cheque, BACS, Direct Debit, Finance",
+        "dated_on": "YYYY-MM-DD, the day it was taken",
+        "reference": "or null",
+        **_STAMPS,
+    },
+}

@@ -107,6 +107,16 @@ def build_app(sb: Sandbox) -> Starlette:
                                  headers))
         return resource, headers
 
+    async def webhooks(request: Request) -> Response:
+        """``GET /v1/webhooks``: the practice's Dentally webhooks (403 without the scope)."""
+        try:
+            key, headers = await gate(request)
+        except _Reject as r:
+            return r.response
+        if not key.allows("webhooks"):
+            return _error(403, "forbidden", "Key lacks scope webhooks:read", headers)
+        return _json(sb.webhooks.listing(), headers=headers)
+
     async def listing(request: Request) -> Response:
         try:
             resource, headers = await gate_resource(request)
@@ -275,6 +285,10 @@ def build_app(sb: Sandbox) -> Starlette:
             if method == "POST":
                 sb.quirks.update(data)
             return _json({k: getattr(sb.quirks, k) for k in sb.quirks.__dataclass_fields__})
+        if parts == ["dentally_webhooks"]:
+            if method == "POST":
+                return _json(sb.webhooks.configure(data))
+            return _json(sb.webhooks.describe())
         if parts == ["stats"]:
             return _json({"requests": sb.requests, "rejected": sb.rejected,
                           "per_window": {str(u): {str(w): n for w, n in c.items()}
@@ -349,6 +363,7 @@ def build_app(sb: Sandbox) -> Starlette:
 
     routes = [
         Route("/v1/user", user, methods=["GET"]),
+        Route("/v1/webhooks", webhooks, methods=["GET"]),
         Route("/v1/{resource}", listing, methods=["GET"]),
         Route("/v1/{resource}/{id}", single, methods=["GET"]),
         Route("/_sandbox/{rest:path}", control, methods=["GET", "POST", "PATCH", "DELETE"]),

@@ -62,6 +62,13 @@ class SandboxControl:
     async def key(self, token: str, action: str, **body: Any) -> dict[str, Any]:
         return dict(await self._call("POST", f"/keys/{token}/{action}", body))
 
+    async def dentally_webhooks(self, **change: Any) -> dict[str, Any]:
+        """Configure the sandbox's Dentally-style webhook (``url``, ``secret``,
+        ``resources``, ``active``, ``faults``); no arguments: its state and send log."""
+        if change:
+            return dict(await self._call("POST", "/dentally_webhooks", change))
+        return dict(await self._call("GET", "/dentally_webhooks"))
+
     async def stats(self) -> dict[str, Any]:
         return dict(await self._call("GET", "/stats"))
 

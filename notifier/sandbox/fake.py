@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from datetime import date, timedelta
 from typing import Any
 
 FIRST = ["Oliver", "Amelia", "George", "Isla", "Harry", "Ava", "Noah", "Mia", "Jack", "Ivy",
@@ -92,7 +93,7 @@ class Faker:
     def invoice(self) -> dict[str, Any]:
         r = self.rng
         amount = self.money()
-        return {
+        invoice: dict[str, Any] = {
             "patient_id": r.randint(1000, 5000),
             "site_id": r.choice(self.site_ids),
             "reference": f"INV{r.randint(100000, 999999)}",
@@ -101,6 +102,11 @@ class Faker:
             "paid": False,
             "dated_on": f"2026-{r.randint(1, 11):02d}-{r.randint(1, 28):02d}",
         }
+        # Payment terms of 30 days (no draw from the generator: the sequence of every other
+        # record stays as it was).
+        invoice["due_on"] = (date.fromisoformat(invoice["dated_on"])
+                             + timedelta(days=30)).isoformat()
+        return invoice
 
     def payment(self) -> dict[str, Any]:
         r = self.rng

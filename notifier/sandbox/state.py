@@ -18,6 +18,7 @@ from sortedcontainers import SortedList
 
 from notifier.sandbox.api import ENDPOINTS
 from notifier.sandbox.fake import Faker
+from notifier.sandbox.hooks import Webhooks
 from notifier.sandbox.ledger import Ledger
 from notifier.sandbox.limits import Limiter, Verdict
 
@@ -187,6 +188,8 @@ class Sandbox:
         self.requests: dict[str, int] = {}              # token -> API requests made
         self.rejected: dict[str, int] = {}              # token -> requests refused with 401
         self.requests_total = 0
+        self.webhooks = Webhooks(seed)
+        """Dentally-style webhooks sent on every write (off until a URL is set)."""
 
     # -- time -------------------------------------------------------------------------
     def stamp(self, ms: int) -> str:
@@ -215,6 +218,7 @@ class Sandbox:
         row = {"id": int(record_id) if table.int_ids else record_id, **body,
                "created_at": self.stamp(now), "updated_at": self.stamp(now)}
         table.put(record_id, row, now)
+        self.webhooks.wrote(resource, "created", row)
         return row
 
     def _generate(self, resource: str, now: int) -> dict[str, Any]:
@@ -255,6 +259,7 @@ class Sandbox:
                 new["cancelled_at"] = self.stamp(now)
         new["updated_at"] = self.stamp(now)
         table.put(record_id, new, now)
+        self.webhooks.wrote(resource, "updated", new)
         return new
 
     def _real_change(self, resource: str, row: dict[str, Any]) -> dict[str, Any]:
@@ -266,7 +271,11 @@ class Sandbox:
         return {"metadata": {**(row.get("metadata") or {}), "rev": self.rng.random()}}
 
     def delete(self, resource: str, record_id: str) -> bool:
-        return self.tables[resource].delete(record_id)
+        row = self.tables[resource].rows.get(record_id)
+        gone = self.tables[resource].delete(record_id)
+        if gone and row is not None:
+            self.webhooks.wrote(resource, "deleted", row)
+        return gone
 
     def seed(self, resource: str, count: int, spread_days: float = 0.0) -> list[str]:
         """Create ``count`` rows with ``updated_at`` spread over the past ``spread_days``."""

@@ -6,25 +6,41 @@ from __future__ import annotations
 import fnmatch
 import json
 import time
-from typing import Any, TextIO
+from collections.abc import Sequence
+from typing import Any, Protocol, TextIO, TypeVar
 
 from redis.asyncio import Redis
 
+from notifier import config
 from notifier.config import PracticeConfig, Settings, SubscriberConfig
+from notifier.core.shaping import Skip, shape
+from notifier.core.text import plural
 from notifier.core.timefmt import parse_ms
-from notifier.delivery.sender import Sender
+from notifier.delivery.sender import Attempt, Sender
 from notifier.errors import ConfigError
 from notifier.store.connection import connect
 from notifier.store.delivery import DeliveryStore
 from notifier.store.keys import Keys
 
 
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+T = TypeVar("T", bound=_Named)
+
+
+def _by_name(items: Sequence[T], name: str, what: str) -> T:
+    for item in items:
+        if item.name == name:
+            return item
+    known = ", ".join(i.name for i in items) or "none"
+    raise ConfigError(f"no {what} named {name!r} in the config (configured: {known})")
+
+
 def find(settings: Settings, name: str) -> SubscriberConfig:
-    for sub in settings.subscribers:
-        if sub.name == name:
-            return sub
-    known = ", ".join(s.name for s in settings.subscribers) or "none"
-    raise ConfigError(f"no subscriber named {name!r} in the config (configured: {known})")
+    return _by_name(settings.subscribers, name, "subscriber")
 
 
 def _text(value: Any) -> str:
@@ -44,6 +60,20 @@ async def _scan(redis: Redis, stream: str, start: str = "-") -> Any:
         start = f"{ms}-{int(seq) + 1}"
 
 
+def _identity(payload: bytes) -> dict[str, str]:
+    """The stream entry fields shaping reads, from the envelope itself (``--since`` and
+    by-id lookups have the payload at hand)."""
+    try:
+        envelope = json.loads(payload)
+        data = envelope.get("data") or {}
+        etype = str(envelope.get("type", ""))
+        resource = "" if etype.startswith("notifier.") else str(data.get("resource", ""))
+        return {"practice": str(data.get("practice", "")), "resource": resource,
+                "type": etype}
+    except (ValueError, AttributeError):
+        return {}
+
+
 async def redeliver(settings: Settings, name: str, out: TextIO, *, event_id: str | None = None,
                     since: str | None = None) -> bool:
     """Send a subscriber's dead letters (default), one event by id, or every matching
@@ -51,8 +81,10 @@ async def redeliver(settings: Settings, name: str, out: TextIO, *, event_id: str
     sub = find(settings, name)
     redis = await connect(settings.redis.url)
     db = DeliveryStore(redis, Keys(settings.redis.prefix), settings.redis.stream, name)
+    rules = sub.shape(config.regions(settings))
     sender = Sender(sub.url, sub.secret_values(), timeout=sub.timeout,
-                    max_in_flight=sub.max_in_flight, allow_private=sub.allow_private)
+                    max_in_flight=sub.max_in_flight, allow_private=sub.allow_private,
+                    headers=sub.header_values(), content_type=rules.content_type)
     # (dead-letter entry, stream entry, event id, payload)
     todo: list[tuple[str | None, str | None, str, bytes]] = []
     try:
@@ -83,7 +115,10 @@ async def redeliver(settings: Settings, name: str, out: TextIO, *, event_id: str
         for dead_entry, entry, eid, payload in todo:
             # Take over the event's scheduled retry, so that it does not fire later too.
             due = await db.take_over(entry) if entry is not None else None
-            attempt = await sender.send(eid, payload)
+            body = shape(rules, {"payload": payload, **_identity(payload)})
+            if isinstance(body, Skip):  # not for this subscriber (its filters)
+                body = b""
+            attempt = await sender.send(eid, body) if body else Attempt(204, 0.0)
             ok = attempt.status is not None and 200 <= attempt.status < 300
             if ok and dead_entry is not None:
                 await db.forget_dead(dead_entry)
@@ -118,11 +153,7 @@ async def enable(settings: Settings, name: str, out: TextIO) -> None:
 
 
 def find_practice(settings: Settings, name: str) -> PracticeConfig:
-    for p in settings.practices:
-        if p.name == name:
-            return p
-    known = ", ".join(p.name for p in settings.practices) or "none"
-    raise ConfigError(f"no practice named {name!r} in the config (configured: {known})")
+    return _by_name(settings.practices, name, "practice")
 
 
 async def reconcile(settings: Settings, practice: str, resource: str, out: TextIO, *,
@@ -150,9 +181,10 @@ async def reconcile(settings: Settings, practice: str, resource: str, out: TextI
     finally:
         await redis.aclose()
     if accept and held:
-        print(f"accepted up to {held['would_delete']} deletions of {held['tracked']} "
-              f"{resource} records; the running daemon sweeps {resource} again at its next "
-              "poll and publishes the deletions it confirms (each by a 404)", file=out)
+        tracked = plural(int(held["tracked"]), f"{resource} record", f"{resource} records")
+        print(f"accepted up to {plural(int(held['would_delete']), 'deletion')} of {tracked}; "
+              f"the running daemon sweeps {resource} again at its next poll and publishes "
+              "the deletions it confirms (each by a 404)", file=out)
     else:
         print(f"sweep of {practice}/{resource} requested; the running daemon starts it at "
               "its next poll", file=out)

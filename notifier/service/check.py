@@ -16,8 +16,8 @@ import anyio
 from redis.exceptions import RedisError
 
 from notifier import config
-from notifier.config import Settings, SubscriberConfig
-from notifier.core import resources
+from notifier.config import PracticeConfig, Settings, SubscriberConfig
+from notifier.core import hints, resources
 from notifier.core.patterns import check_patterns
 from notifier.core.text import plural
 from notifier.delivery import safety
@@ -80,8 +80,9 @@ async def _practice_rows(settings: Settings) -> list[Row]:
                 what = f"practice {p.name}: {name}"
                 try:
                     page = await client.page(resources.get(name), page=1, per_page=1)
-                    total = "?" if page.total_count is None else page.total_count
-                    rows.append((what, "ok", f"readable, {total} records"))
+                    total = ("? records" if page.total_count is None
+                             else plural(page.total_count, "record"))
+                    rows.append((what, "ok", f"readable, {total}"))
                 except ScopeError as exc:
                     rows.append((what, "FAIL", f"{p.url}: scope denied: {exc}"))
                 except RateLimited as exc:
@@ -89,6 +90,8 @@ async def _practice_rows(settings: Settings) -> list[Row]:
                                                f"limit: {exc}"))
                 except DentallyError as exc:
                     rows.append((what, "FAIL", f"{p.url}: {exc}"))
+            if p.hinted:
+                rows.append(await _webhooks_row(p, client))
         except AuthError as exc:
             rows.append((f"practice {p.name}: key", "FAIL",
                          f"{p.url}: invalid, revoked or expired: {exc}"))
@@ -100,6 +103,28 @@ async def _practice_rows(settings: Settings) -> list[Row]:
         finally:
             await client.aclose()
     return rows
+
+
+async def _webhooks_row(p: PracticeConfig, client: DentallyClient) -> Row:
+    """Dentally's own webhooks for a practice that takes them (GET /v1/webhooks)."""
+    what = f"practice {p.name}: Dentally webhooks"
+    try:
+        hooks = hints.parse_webhooks(await client.get("/webhooks"))
+    except ScopeError:
+        return (what, "warn", "this key may not list webhooks (403): hints still work, "
+                              "but Dentally switching one off is not seen")
+    except (DentallyError, ValueError) as exc:
+        return (what, "warn", f"not listed: {exc}")
+    if not hooks:
+        return (what, "warn", "none configured in Dentally: polling alone (a practice "
+                              "admin adds one pointing at POST /dentally/" + p.name + ")")
+    off = hints.inactive(hooks)
+    detail = "; ".join(f"#{w.id} {'INACTIVE' if w.active is False else 'active'}, "
+                       f"{w.failed_deliveries if w.failed_deliveries is not None else '?'}"
+                       f" failed" for w in hooks)
+    return (what, "FAIL" if off else "ok",
+            detail + ("; switched off by Dentally: fix the endpoint, then switch it on"
+                      if off else ""))
 
 
 async def _resolve(host: str, port: int) -> list[str]:

@@ -19,7 +19,9 @@ from redis.exceptions import RedisError
 from notifier import config
 from notifier.config import PracticeConfig, Settings, SubscriberConfig
 from notifier.core.health import Health
+from notifier.core.hints import Hint
 from notifier.core.text import plural
+from notifier.dentally.client import HostPools
 from notifier.errors import ConfigError
 from notifier.ops import early_signals
 from notifier.ops import logging as logsetup
@@ -29,6 +31,7 @@ from notifier.ops.metrics import app as metrics_app
 from notifier.ops.systemd import SystemdNotifier, watchdog_interval
 from notifier.service import retention
 from notifier.service.delivery import SubscriberWorker, supervise
+from notifier.service.ingest import Ingest
 from notifier.service.keygroup import KeyHub
 from notifier.service.pacing import pacer_for, plan_for
 from notifier.service.practice import PracticeRunner
@@ -42,13 +45,33 @@ log = logging.getLogger("notifier.daemon")
 TRIM_INTERVAL = 60.0
 STATUS_EVERY = 10.0
 METRICS_EVERY = 2.0
+INGEST_CONNECTIONS = 256
+
+
+PRACTICE_CONNECTIONS = 32
+"""Redis connections the practices share, however many there are: their commands are
+short, and a pool that grew with them cost ~6 sockets (and Redis clients) per practice."""
+STARTS_PER_SECOND = 20.0
+"""Practices taken up per second at start: 1,000 practices start over 50 s (or over their
+shortest interval, if shorter), not in one thundering herd."""
+KEY_RETRY_POLL = 1.0
 
 
 def pool_size(settings: Settings) -> int:
     """Connections the daemon may need at once: each subscriber holds one in a blocking read
-    and uses more while its deliveries complete; each practice polls its resources."""
-    return 16 + 4 * len(settings.subscribers) + 2 * sum(len(p.resources)
-                                                         for p in settings.practices)
+    and uses more while its deliveries complete; the practices share a bounded number."""
+    return 16 + 4 * len(settings.subscribers) + min(
+        PRACTICE_CONNECTIONS, 2 * sum(len(p.resources) for p in settings.practices))
+
+
+def start_delays(practices: list[PracticeConfig]) -> dict[str, float]:
+    """When each practice is taken up at start, in seconds: evenly over the shorter of
+    ``len / STARTS_PER_SECOND`` and the shortest poll interval, in the configured order."""
+    if not practices:
+        return {}
+    shortest = min(p.interval(r) for p in practices for r in p.resources or ["patients"])
+    spread = min(len(practices) / STARTS_PER_SECOND, shortest)
+    return {p.name: spread * i / len(practices) for i, p in enumerate(practices)}
 
 
 async def connect(settings: Settings) -> Redis:
@@ -84,9 +107,11 @@ class Daemon:
         self.config_path = config_path
         self.redis = redis
         self.keys = Keys(settings.redis.prefix)
-        self.store = Store(redis, self.keys, settings.redis.stream)
+        self.store = Store(redis, self.keys, settings.redis.stream,
+                           shape=settings.redis.stream_shape())
         self.notify = SystemdNotifier()
         self.keys_hub = KeyHub(settings.practices, pacer_for, plan_for)
+        self.pools = HostPools()
         self.health = Health()
         self.metrics = Metrics()
         self.practices: dict[str, tuple[PracticeConfig, PracticeRunner, anyio.CancelScope]] = {}
@@ -95,6 +120,12 @@ class Daemon:
         self._stopped: dict[str, anyio.Event] = {}
         """Per subscriber: set once its current worker's task has ended."""
         self._tg: anyio.abc.TaskGroup | None = None
+        self.ingest = Ingest(settings.ingest, self._hint_route, self.metrics)
+        self.ingest.configure(settings.ingest, settings.practices)
+
+    def _hint_route(self, practice: str) -> Callable[[Hint], None] | None:
+        entry = self.practices.get(practice)
+        return None if entry is None else entry[1].hint
 
     @property
     def runners(self) -> list[PracticeRunner]:
@@ -109,13 +140,16 @@ class Daemon:
         with scope:
             await fn()
 
-    def _start_practice(self, cfg: PracticeConfig, take_over: str | None = None) -> None:
+    def _start_practice(self, cfg: PracticeConfig, take_over: str | None = None,
+                        delay: float = 0.0) -> None:
         """Start a practice's runner; ``take_over`` is the lease token of the runner it
-        replaces on a reload, handed on in one step so that the practice is never free."""
+        replaces on a reload, handed on in one step so that the practice is never free;
+        ``delay``: when to take it up (see ``start_delays``)."""
         assert self._tg is not None
         runner = PracticeRunner(self.store, cfg, lease_ttl=self.settings.redis.practice_lease,
                                 take_over=take_over, hub=self.keys_hub, health=self.health,
-                                metrics=self.metrics)
+                                metrics=self.metrics, pools=self.pools, start_delay=delay,
+                                watch_retry=False)
         scope = anyio.CancelScope()
         self.practices[cfg.name] = (cfg, runner, scope)
         self._tg.start_soon(self._scoped, scope, runner.run)
@@ -129,7 +163,8 @@ class Daemon:
         would wait, never attempted, until the next restart (the campaign's seed 202)."""
         assert self._tg is not None
         make = partial(SubscriberWorker, self.redis, self.keys, self.store, cfg,
-                       health=self.health, metrics=self.metrics)
+                       health=self.health, metrics=self.metrics,
+                       regions=config.regions(self.settings))
         first = make()
         scope = anyio.CancelScope()
         done = anyio.Event()
@@ -161,18 +196,45 @@ class Daemon:
                 self._tg = tg
                 if handle_signals:
                     tg.start_soon(self._watch_signals, tg.cancel_scope)
+                delays = start_delays(self.settings.practices)
                 for practice in self.settings.practices:
-                    self._start_practice(practice)
+                    self._start_practice(practice, delay=delays[practice.name])
                 for sub in self.settings.subscribers:
                     self._start_subscriber(sub)
                 tg.start_soon(self._trim_forever)
+                tg.start_soon(self._watch_key_retries)
                 tg.start_soon(self._refresh_metrics)
                 if self.settings.metrics.listen:
                     tg.start_soon(self._serve_metrics, self.settings.metrics.listen)
+                if self.settings.ingest.listen:
+                    tg.start_soon(self._serve_ingest, self.settings.ingest.listen)
                 self.notify.ready(await status_line(self.store, self.runners, self.workers))
                 tg.start_soon(self._watchdog, watchdog_interval())
         finally:
             self.notify.stopping()
+            with anyio.CancelScope(shield=True):
+                await self.pools.aclose()
+
+    async def _watch_key_retries(self) -> None:
+        """An operator's ``key retry NAME``, for every practice in one round trip a second
+        (one command per practice per second was most of an idle daemon's CPU)."""
+        while True:
+            await anyio.sleep(KEY_RETRY_POLL)
+            names = list(self.practices)
+            keys = [self.keys.key_retry(n) for n in names]
+            try:
+                if not keys or not await self.redis.exists(*keys):
+                    continue
+                pipe = self.redis.pipeline(transaction=False)
+                for key in keys:
+                    pipe.getdel(key)
+                asked = await pipe.execute()
+            except RedisError:
+                continue
+            for name, flag in zip(names, asked, strict=True):
+                entry = self.practices.get(name)
+                if flag and entry is not None:
+                    entry[1].retry_asked()
 
     async def _watch_signals(self, scope: anyio.CancelScope) -> None:
         signals_ = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -249,6 +311,7 @@ class Daemon:
             if name not in self.subscribers:
                 self._start_subscriber(sub, after=self._stopped.get(name))
         self.settings = new
+        self.ingest.configure(new.ingest, new.practices)
         log.info("reloaded: practices %s, subscribers %s",
                  _changes(old_p, new_p), _changes(old_s, new_s))
 
@@ -257,6 +320,17 @@ class Daemon:
         sock = bind(host.strip("[]") or "127.0.0.1", int(port))
         log.info("metrics on http://%s/metrics and /healthz", listen)
         await serve_app(metrics_app(self.metrics, self.health), sock)
+
+    async def _serve_ingest(self, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        sock = bind(host.strip("[]") or "127.0.0.1", int(port))
+        hinted = [p.name for p in self.settings.practices if p.hinted]
+        log.info("Dentally webhooks on http://%s/dentally/<practice> (%s)", listen,
+                 ", ".join(hinted) or "no practice has a webhook_secret yet")
+        # Proxy headers are ours to judge (core.hints.client_address), not uvicorn's; a
+        # flood of connections gets 503s past INGEST_CONNECTIONS, never the daemon's memory.
+        await serve_app(self.ingest.app(), sock, proxy_headers=False,
+                        limit_concurrency=INGEST_CONNECTIONS, timeout_keep_alive=5)
 
     async def _refresh_metrics(self) -> None:
         """Gauges that live in Redis and in the runners, every few seconds."""

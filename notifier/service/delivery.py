@@ -23,7 +23,7 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +36,7 @@ from notifier.config import SubscriberConfig
 from notifier.core.delivery import Policy, decide, outcome
 from notifier.core.health import Health
 from notifier.core.retry import TokenBucket
+from notifier.core.shaping import Skip, shape
 from notifier.delivery.sender import Attempt, Sender
 from notifier.events import notifier_event
 from notifier.ops.metrics import Metrics
@@ -79,12 +80,17 @@ class SubscriberWorker:
     def __init__(self, redis: Redis, keys: Keys, store: Store, sub: SubscriberConfig, *,
                  wall: Callable[[], float] = time.time,
                  rand: Callable[[], float] = random.random,
-                 health: Health | None = None, metrics: Metrics | None = None) -> None:
+                 health: Health | None = None, metrics: Metrics | None = None,
+                 regions: Mapping[str, str] | None = None) -> None:
         self.sub = sub
+        self.shape = sub.shape(regions)
         self.store = store
         self.db = DeliveryStore(redis, keys, store.stream, sub.name)
         self.sender = Sender(sub.url, sub.secret_values(), timeout=sub.timeout,
-                             max_in_flight=sub.max_in_flight, allow_private=sub.allow_private)
+                             max_in_flight=sub.max_in_flight, allow_private=sub.allow_private,
+                             headers=sub.header_values(), content_type=self.shape.content_type)
+        self._bodies: dict[str, bytes] = {}
+        """Bodies shaped when an entry was dispatched, for its first attempt."""
         self.policy = Policy(sub.retry_schedule, sub.disable_after)
         self.bucket = TokenBucket(sub.max_per_second) if sub.max_per_second else None
         self.slots = anyio.Semaphore(sub.max_in_flight)
@@ -291,6 +297,11 @@ class SubscriberWorker:
         if not matches(self.sub.events, event_type) or about(fields, self.sub.name):
             await self.db.skip(entry_id)
             return
+        body = self._shaped(fields)
+        if body is None:
+            await self.db.skip(entry_id)
+            return
+        self._bodies[entry_id] = body
         key = self._key(fields)
         if key is not None:
             if key in self.busy:
@@ -338,13 +349,36 @@ class SubscriberWorker:
                 await self.wake.wait()
 
     # -- one attempt --------------------------------------------------------------------
+    def _shaped(self, fields: dict[str, bytes]) -> bytes | None:
+        """What this subscriber receives of the entry, or None if it is not for it (counted
+        as skipped, with the reason)."""
+        try:
+            body = shape(self.shape, fields)
+        except (ValueError, TypeError, AttributeError):  # not a JSON envelope: sent as is
+            return fields.get("payload", b"")
+        if isinstance(body, Skip):
+            if self.metrics is not None:
+                self.metrics.skipped.labels(self.sub.name, body.reason).inc()
+            return None
+        return body
+
     async def _deliver(self, tg: anyio.abc.TaskGroup, entry: Entry, tries: int) -> None:
-        _, fields = entry
+        entry_id, fields = entry
         event_id = fields.get("id", b"").decode()
         try:
+            body = self._bodies.pop(entry_id, None)
+            if body is None:
+                body = self._shaped(fields)  # a retry, or the rules changed meanwhile
+            if body is None:
+                self.slots.release()
+                self._queue(entry_id, {"at": self._wall(), "event": event_id,
+                                       "status": None, "skipped": True, "attempt": tries + 1,
+                                       "latency": 0, "error": ""})
+                self._release(tg, fields)
+                return
             try:
                 await self._pace()
-                attempt = await self.sender.send(event_id, fields.get("payload", b""))
+                attempt = await self.sender.send(event_id, body)
             finally:
                 self.slots.release()
             await self._record(tg, entry, tries, attempt)

@@ -20,12 +20,14 @@ import anyio
 
 from notifier.core import cursor
 from notifier.core import reconcile as rules
+from notifier.core.derive import derive
 from notifier.core.diff import dedupe, page_diff, updated_ms
 from notifier.core.resources import Resource
+from notifier.core.text import plural
 from notifier.core.timefmt import format_ms, format_us
 from notifier.dentally.client import DentallyClient, Page
 from notifier.errors import NotFound, PageTooDeep
-from notifier.events import Event, canonical, notifier_event, record_event
+from notifier.events import Event, canonical, derived_event, notifier_event, record_event
 from notifier.store.codec import Codec, learn
 from notifier.store.redis import DictionaryConflict, Store
 
@@ -49,11 +51,19 @@ class PageChanges:
 Unreadable = Callable[[str, Exception], None]
 
 
+def changes_in(events: list[Event]) -> int:
+    """How many changes ``events`` publish: derived events come with them, uncounted."""
+    return sum(1 for e in events if not e.cause)
+
+
 def changes_for_page(practice: str, resource: str, rows: list[dict[str, Any]],
                      olds: list[bytes | None], codec: Codec, *, emit_created: bool,
                      now: datetime, server_now: int | None = None,
                      unreadable: Unreadable | None = None) -> PageChanges:
     """Diff a page against its snapshots: the events to publish and snapshots to write.
+
+    ``server_now``: the server's time as the page was asked for (a lower bound of when its
+    rows were read: the time a snapshot stamped ahead of it remembers).
 
     A snapshot that cannot be read back is treated as missing (``unreadable`` hears of it).
     A dictionary learned here is adopted at once but stays pending, and goes with every
@@ -63,12 +73,12 @@ def changes_for_page(practice: str, resource: str, rows: list[dict[str, Any]],
         zdict = learn(canons)
         if zdict is not None:
             codec.adopt(zdict)
-    todo: list[tuple[dict[str, Any], bytes, dict[str, Any] | None]] = []
+    todo: list[tuple[dict[str, Any], bytes, dict[str, Any] | None, int | None]] = []
     for row, canon, blob in zip(rows, canons, olds, strict=True):
-        old = None
+        old, seen = None, None
         if blob is not None:
             try:
-                old_bytes = codec.decode_bytes(blob)
+                old_bytes, seen = codec.read(blob)
                 if old_bytes == canon:
                     continue
                 old = json.loads(old_bytes)
@@ -77,19 +87,24 @@ def changes_for_page(practice: str, resource: str, rows: list[dict[str, Any]],
             except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError included
                 if unreadable is not None:
                     unreadable(str(row["id"]), exc)
-                old = None
-        todo.append((row, canon, old))
+                old, seen = None, None
+        todo.append((row, canon, old, seen))
     verdicts = page_diff([t[0] for t in todo], [t[2] for t in todo],
-                         emit_created=emit_created, server_now=server_now)
+                         emit_created=emit_created, server_now=server_now,
+                         seen_at=[t[3] for t in todo])
     events: list[Event] = []
     snaps: dict[str, bytes] = {}
     stamp = format_us(now)
-    for (row, canon, _), verdict in zip(todo, verdicts, strict=True):
+    for (row, canon, old, _), verdict in zip(todo, verdicts, strict=True):
         if verdict.store:
-            snaps[str(row["id"])] = codec.encode(canon)
+            snaps[str(row["id"])] = codec.encode(canon, verdict.seen_at)
         if verdict.publish is not None:
-            events.append(record_event(practice, resource, verdict.publish.kind, row, stamp,
-                                       verdict.publish.changes, canon))
+            event = record_event(practice, resource, verdict.publish.kind, row, stamp,
+                                 verdict.publish.changes, canon)
+            events.append(event)
+            # What the change means, right after it, in the same commit.
+            events += [derived_event(event, d, row, stamp, canon)
+                       for d in derive(resource, old, row)]
     return PageChanges(events, snaps, codec.pending() if snaps else None)
 
 
@@ -99,7 +114,7 @@ class _Prefetch:
     Its failure is kept and raised when the page is taken, never in the task group.
     """
 
-    def __init__(self, key: tuple[cursor.Window, int], asked_at: int | None) -> None:
+    def __init__(self, key: tuple[cursor.Window, int], asked_at: int) -> None:
         self.key = key
         self.asked_at = asked_at
         self.done = anyio.Event()
@@ -154,6 +169,9 @@ class ResourcePoller:
         ``incomplete`` (windows given up on for this poll, or accepted by a sweep from an
         incomplete union), ``unreadable`` (snapshots that did not decode), ``suspicious``
         (sweeps whose deletions were held)."""
+        self.seen: set[str] | None = None
+        """When a set, every id a poll reads is added to it (hinted ids it did not show
+        are then fetched one by one: :meth:`confirm`)."""
         self._first_sync: list[Any] | None = None
         self._unreadable_logged: set[str] = set()
         self._extra = {"practice": practice, "resource": resource.name}
@@ -216,7 +234,8 @@ class ResourcePoller:
         return fetch
 
     async def poll_once(self) -> int:
-        """Read until no window is pending; returns the number of events published."""
+        """Read until no window is pending; returns the number of changes published
+        (derived events not counted)."""
         store, name = self.store, self.resource.name
         progress = await store.progress(self.practice, name)
         if self.resource.strategy != "incremental":
@@ -251,8 +270,9 @@ class ResourcePoller:
 
     async def _commit_page(self, rows: list[dict[str, Any]], *, emit_created: bool,
                            progress: cursor.Progress | None,
-                           status: dict[str, str]) -> list[Event]:
-        """Diff ``rows`` against their snapshots and commit the result with ``progress``.
+                           status: dict[str, str], asked_at: int) -> list[Event]:
+        """Diff ``rows`` (asked for at server time ``asked_at``) against their snapshots
+        and commit the result with ``progress``.
 
         If another process stored another dictionary meanwhile, nothing was written: the
         page is diffed again with the stored one."""
@@ -262,7 +282,7 @@ class ResourcePoller:
             olds = await store.snapshots(self.practice, name, [str(r["id"]) for r in rows])
             changes = changes_for_page(self.practice, name, rows, olds, codec,
                                        emit_created=emit_created, now=self._now(),
-                                       server_now=self.client.server_now(),
+                                       server_now=asked_at,
                                        unreadable=self._unreadable)
             try:
                 await store.commit(self.practice, name, progress=progress,
@@ -327,6 +347,8 @@ class ResourcePoller:
                     ahead = _Prefetch((reader.window, new_progress.page), self._asked_at())
                     tg.start_soon(ahead.run, self._fetcher(*ahead.key, reader.bounded))
                 rows = dedupe(page.rows)
+                if persist and self.seen is not None:
+                    self.seen.update(str(r["id"]) for r in rows)
                 if sweep is not None:
                     ids = [str(r["id"]) for r in rows]
                     sweep.update(ids)
@@ -336,8 +358,9 @@ class ResourcePoller:
                     [dict(r) for r in rows], emit_created=emit_created,
                     progress=new_progress if persist else None,
                     status=self._progress_status(whole, page) if persist
-                    else {"last_page_at": str(self._wall()), **store.sweep_fields(new_progress)})
-                published += len(events)
+                    else {"last_page_at": str(self._wall()), **store.sweep_fields(new_progress)},
+                    asked_at=asked_at)
+                published += changes_in(events)
                 if self.heartbeat is not None:
                     self.heartbeat()
                 if outcome is cursor.Outcome.LATER:
@@ -352,12 +375,8 @@ class ResourcePoller:
         self._stat("incomplete", reader.incomplete)
         fields: dict[str, str] = {}
         if reader.rereads or reader.incomplete:
-            what = "sweep" if not persist else "poll"
-            fields["reread_note"] = (
-                f"{what} re-read windows {reader.rereads} times"
-                + (f"; {reader.incomplete} window(s) still incomplete"
-                   + (", retried next poll" if later else ", missing ids fetched one by one")
-                   if reader.incomplete else "; all read completely"))
+            fields["reread_note"] = reread_note("poll" if persist else "sweep",
+                                                reader.rereads, reader.incomplete, later)
             fields["reread_at"] = str(self._wall())
             log.info("%s", fields["reread_note"], extra=self._extra)
         if persist:
@@ -365,6 +384,27 @@ class ResourcePoller:
                           window_waiting="1" if later else "")
         if fields:
             await self.store.note(self.practice, self.resource.name, **fields)
+
+    async def confirm(self, ids: list[str]) -> int:
+        """Ids a Dentally webhook named that the poll did not show, each fetched on its
+        own, by the reconciliation's rule: a 404 publishes ``<type>.deleted`` at once (if
+        we hold the record); a record that is there is diffed and committed like any page
+        row, so a hint never publishes what a poll already did. Returns events published."""
+        store, name = self.store, self.resource.name
+        published = 0
+        synced = (await store.progress(self.practice, name)).synced
+        for rid in ids:
+            asked_at = self._asked_at()
+            try:
+                record = await self.client.fetch(self.resource, rid)
+            except NotFound:
+                published += await self._deleted(rid, await store.codec(self.practice, name))
+                continue
+            events = await self._commit_page(
+                [record], emit_created=self.initial_sync == "emit" or synced, progress=None,
+                status={}, asked_at=asked_at)
+            published += len(events)
+        return published
 
     async def sweep_requested(self) -> bool:
         """Whether ``dentally-notifier reconcile`` asked for a sweep of this resource, or
@@ -418,6 +458,7 @@ class ResourcePoller:
         for rid in missing:
             if rid in confirmed:
                 continue
+            asked_at = self._asked_at()
             try:
                 record = await self.client.fetch(self.resource, rid)
             except NotFound:
@@ -425,9 +466,9 @@ class ResourcePoller:
                 gone.append(rid)
                 continue
             events = await self._commit_page([record], emit_created=True, progress=None,
-                                             status={})
+                                             status={}, asked_at=asked_at)
             await store.sweep_saw(self.practice, name, [rid])
-            published += len(events)
+            published += changes_in(events)
         counts = rules.Deletions(tracked=len(held), missing=len(missing), confirmed=len(gone))
         deleted = 0
         if rules.allowed(counts, self.max_delete_fraction, await self._accepted()):
@@ -442,8 +483,9 @@ class ResourcePoller:
                          reconcile_due="")
         await store.sweep_done(self.practice, name)
         if deleted or missing:
-            log.info("reconciliation: %d deleted, %d skipped rows found", deleted,
-                     len(missing) - len(gone), extra=self._extra)
+            log.info("reconciliation: %s deleted, %s found", deleted,
+                     plural(len(missing) - len(gone), "skipped row", "skipped rows"),
+                     extra=self._extra)
         return deleted, published
 
     async def _accepted(self) -> int | None:
@@ -486,6 +528,15 @@ class ResourcePoller:
                                 deletes=[rid], events=[event])
         self._events([event])
         return 1
+
+
+def reread_note(what: str, rereads: int, incomplete: int, later: bool) -> str:
+    """The status line for a poll or sweep that had to re-read windows."""
+    if not incomplete:
+        return f"{what} re-read windows {plural(rereads, 'time')}; all read completely"
+    return (f"{what} re-read windows {plural(rereads, 'time')}; "
+            f"{plural(incomplete, 'window')} still incomplete, "
+            + ("retried next poll" if later else "missing ids fetched one by one"))
 
 
 def sole(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -10,6 +10,7 @@ every other: nothing that goes wrong in here leaves this task.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable
@@ -21,13 +22,14 @@ import anyio.abc
 from redis.exceptions import RedisError
 
 from notifier.config import PracticeConfig
+from notifier.core import hints as hint_rules
 from notifier.core import keylife as kl
 from notifier.core.budget import Budget, Plan
 from notifier.core.health import Health
 from notifier.core.retry import backoff
-from notifier.dentally.client import DentallyClient
+from notifier.dentally.client import DentallyClient, HostPools
 from notifier.dentally.pacer import Pacer
-from notifier.errors import ConfigError, DentallyError, LeaseLost
+from notifier.errors import ConfigError, DentallyError, LeaseLost, ScopeError
 from notifier.events import notifier_event
 from notifier.ops.metrics import Metrics
 from notifier.service.identity import holder_id
@@ -38,6 +40,7 @@ from notifier.service.resource_loop import ResourceLoop, policy_for
 from notifier.store.connection import REDIS_RETRY_CAP
 from notifier.store.lease import Lease
 from notifier.store.redis import Store
+from notifier.store.sendlog import SendLog
 
 __all__ = ["PracticeRunner", "budget_for", "policy_for"]
 
@@ -46,6 +49,9 @@ log = logging.getLogger("notifier.practice")
 KEY_FILE_POLL = 5.0        # how often the key's source is re-read for a new key
 RETRY_POLL = 1.0           # how often Redis is asked for an operator's "key retry"
 KEY_STATE_WRITE = 10.0     # how often the key's last use and budget go to Redis
+MAX_STAGGER = 10.0         # the last resource's first poll at most this late
+WEBHOOKS_EVERY = 3600.0    # how often Dentally's own webhooks are listed (hinted practices)
+WEBHOOKS_DENIED = 86400.0  # ... and again this long after a key that may not list them
 
 
 def _lease_lost(exc: BaseException) -> bool:
@@ -62,8 +68,18 @@ class PracticeRunner:
     def __init__(self, store: Store, cfg: PracticeConfig, *, lease_ttl: float = 15.0,
                  take_over: str | None = None, hub: KeyHub | None = None,
                  wall: Callable[[], float] = time.time, health: Health | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, pools: HostPools | None = None,
+                 start_delay: float = 0.0, watch_retry: bool = True) -> None:
+        """``pools``: the process's shared HTTP pools (else the practice has its own);
+        ``start_delay``: seconds to wait before taking the practice up (the daemon spreads
+        the first polls of many practices over the interval); ``watch_retry`` False: the
+        daemon asks Redis for every practice's "key retry" at once and calls
+        :meth:`retry_asked` (else this runner asks for its own, every second)."""
         self.store = store
+        self.pools = pools
+        self.start_delay = start_delay
+        self.watch_retry = watch_retry
+        self._asked = False
         self.cfg = cfg
         self._wall = wall
         self._extra = {"practice": cfg.name}
@@ -79,6 +95,22 @@ class PracticeRunner:
         self._reload = anyio.Event()
         self._wake = anyio.Event()
         self._todo: list[kl.Action] = []
+        self.hint_states = {name: hint_rules.HintState(name, cfg.backstop_interval,
+                                                       cfg.hint_silence_after)
+                            for name in cfg.resources} if cfg.hinted else {}
+        """Each resource's Dentally webhook hints; they outlive a pause of the pollers."""
+        self.loops: dict[str, ResourceLoop] = {}
+
+    def hint(self, hint: hint_rules.Hint) -> None:
+        """A verified Dentally webhook for this practice (from the ingest endpoint, in
+        memory, no IO): its resource polls now, within the key's rate budget."""
+        state = self.hint_states.get(hint.resource)
+        if state is None:
+            return
+        state.hinted(self._wall())
+        loop = self.loops.get(hint.resource)
+        if loop is not None:
+            loop.hint(hint)
 
     @property
     def life(self) -> kl.KeyLife:
@@ -117,6 +149,11 @@ class PracticeRunner:
         """SIGHUP: re-read the key now, and probe a stopped key at once."""
         self._reload.set()
 
+    def retry_asked(self) -> None:
+        """An operator's ``key retry`` for this practice (found by the daemon's watcher)."""
+        self._asked = True
+        self._reload.set()
+
     # -- the lease ----------------------------------------------------------------------
     async def run(self) -> None:
         """Serve this practice while we hold its lease; wait for it when we do not.
@@ -125,6 +162,8 @@ class PracticeRunner:
         it never stops the other practices or the subscribers."""
         attempt = 0
         store = self.store.fenced(self.keeper.fence)
+        if self._take_over is None and self.start_delay > 0:
+            await self._sleep_or_reload(self.start_delay)
         while True:
             try:
                 await self.keeper.acquire(self._take_over)
@@ -163,9 +202,11 @@ class PracticeRunner:
                 await self._sleep_or_reload(60)
         fp = kl.fingerprint(key)
         group = self.hub.group(fp, self.cfg)
+        if group.pacer.recorder is None:
+            await self._restore_budget(group)
         self._todo = []
         client = DentallyClient(self.cfg.url, key, timeout=self.cfg.timeout,
-                                pacer=group.pacer)
+                                pacer=group.pacer, pools=self.pools)
         client.gate = self._gate
         client.observer = self._observe
         pollers: anyio.CancelScope | None = None
@@ -176,6 +217,8 @@ class PracticeRunner:
             async with anyio.create_task_group() as tg:
                 tg.start_soon(self._watch_key, tg.cancel_scope)
                 tg.start_soon(self._record_use, client)
+                if self.cfg.hinted:
+                    tg.start_soon(self._watch_webhooks, client)
                 while True:
                     todo, self._todo = self._todo, []
                     for action in todo:
@@ -192,6 +235,21 @@ class PracticeRunner:
             self.hub.release(group)
             with anyio.CancelScope(shield=True):
                 await client.aclose()
+
+    async def _restore_budget(self, group: KeyGroup) -> None:
+        """The key's requests of the last window, from before a restart or a key change,
+        count against its share; from now on each is recorded (``store.sendlog``)."""
+        budget = group.pacer.budget
+        sendlog = SendLog(self.store.redis, self.store.keys, group.practices, budget.window)
+        now = self._wall()
+        times = await sendlog.load(now)
+        if group.pacer.recorder is None:   # another member of the group did it meanwhile
+            budget.restore(times, now)
+            group.pacer.recorder = sendlog.record
+            if times:
+                log.info("%d requests of the last %gs counted against the share (sent "
+                         "before a restart)", budget.used(now), budget.window,
+                         extra=self._extra)
 
     def enqueue(self, actions: list[kl.Action]) -> None:
         """Actions of the key's lifecycle for this practice (called by its group)."""
@@ -249,14 +307,24 @@ class PracticeRunner:
     async def _run_pollers(self, scope: anyio.CancelScope, client: DentallyClient,
                            store: Store) -> None:
         with scope:
-            async with anyio.create_task_group() as tg:
-                for name in self.cfg.resources:
-                    loop = ResourceLoop(store, self.cfg, name, client, self.life,
-                                        health=self.health, metrics=self.metrics,
-                                        wall=self._wall,
-                                        interval=effective_interval(self.plan, self.cfg,
-                                                                    name))
-                    tg.start_soon(loop.run)
+            # The resources' first polls one request slot apart: polled at the same
+            # moment, they would queue in the key's pacer every time, and each poll would
+            # go out up to (resources - 1) slots late, by turns.
+            step = min(self.pacer.budget.slot_seconds, MAX_STAGGER / len(self.cfg.resources))
+            try:
+                async with anyio.create_task_group() as tg:
+                    for i, name in enumerate(self.cfg.resources):
+                        loop = ResourceLoop(store, self.cfg, name, client, self.life,
+                                            health=self.health, metrics=self.metrics,
+                                            wall=self._wall,
+                                            interval=effective_interval(self.plan, self.cfg,
+                                                                        name),
+                                            hints=self.hint_states.get(name),
+                                            first_delay=i * step)
+                        self.loops[name] = loop
+                        tg.start_soon(loop.run)
+            finally:
+                self.loops = {}
 
     async def _publish(self, p: kl.Publish) -> None:
         fp = self.life.fp
@@ -273,6 +341,10 @@ class PracticeRunner:
             log.warning("API key %s was unused for more than 10 days: Dentally expires it "
                         "in %s days unless used", fp, p.data.get("expires_in_days"),
                         extra=self._extra)
+        elif p.type == hint_rules.INACTIVE:
+            log.error("Dentally switched webhook %s off (%s failed deliveries); hints stop "
+                      "until it is switched on again, polling carries on", *p.identity,
+                      extra=self._extra)
         elif p.type == "notifier.scope.denied":
             log.error("the key may not read %s: %s", p.data.get("resource"),
                       p.data.get("reason"), extra=self._extra)
@@ -289,14 +361,17 @@ class PracticeRunner:
         retry_key = self.store.keys.key_retry(self.cfg.name)
         last_read = anyio.current_time()
         while True:
-            with anyio.move_on_after(RETRY_POLL):
+            # The daemon's watcher wakes this loop for a "key retry": only the key's
+            # source is looked at here then, every KEY_FILE_POLL.
+            with anyio.move_on_after(RETRY_POLL if self.watch_retry else KEY_FILE_POLL):
                 await self._reload.wait()
             reloaded = self._reload.is_set()
             if reloaded:
                 self._reload = anyio.Event()
-            asked = False
-            with contextlib.suppress(RedisError):
-                asked = bool(await self.store.redis.getdel(retry_key))
+            asked, self._asked = self._asked, False
+            if self.watch_retry:
+                with contextlib.suppress(RedisError):
+                    asked = bool(await self.store.redis.getdel(retry_key))
             if asked:
                 log.info("key retry asked by an operator: probing now", extra=self._extra)
             if not (reloaded or asked or anyio.current_time() - last_read >= KEY_FILE_POLL):
@@ -315,6 +390,35 @@ class PracticeRunner:
                 return
             if reloaded or asked:
                 self._feed(kl.RetryNow())
+
+    async def _watch_webhooks(self, client: DentallyClient) -> None:
+        """``GET /v1/webhooks`` hourly: each webhook's ``active`` flag and failure counts
+        into the key state (``status``), and ``notifier.dentally_webhook.inactive`` once
+        when Dentally has switched one off. One bulk request an hour; a key that may not
+        list webhooks (403) is asked again daily."""
+        await anyio.sleep(5.0)     # after the key's first check
+        while True:
+            delay = WEBHOOKS_EVERY
+            fields: dict[str, str] = {"dentally_webhooks_at": str(self._wall())}
+            try:
+                hooks = hint_rules.parse_webhooks(await client.get("/webhooks", bulk=True))
+                fields |= {"dentally_webhooks": json.dumps([w.as_dict() for w in hooks]),
+                           "dentally_webhooks_error": ""}
+                for hook in hint_rules.inactive(hooks):
+                    await self._publish(kl.Publish(
+                        hint_rules.INACTIVE, {"webhook": hook.as_dict(), "action": (
+                            "Dentally switched this webhook off (50 failed deliveries): "
+                            "check that the ingest endpoint is reachable, then switch it "
+                            "on again in Dentally; polling carries on meanwhile")},
+                        (hook.id, str(hook.failed_deliveries))))
+            except ScopeError:
+                delay = WEBHOOKS_DENIED
+                fields["dentally_webhooks_error"] = "this key may not list webhooks (403)"
+            except (DentallyError, ValueError) as exc:
+                fields["dentally_webhooks_error"] = str(exc)[:200]
+            with contextlib.suppress(RedisError):
+                await self._set_key_state(**fields)
+            await anyio.sleep(delay)
 
     async def _record_use(self, client: DentallyClient) -> None:
         """The key's last use and the budget, for ``status``, at most every few seconds."""

@@ -14,21 +14,24 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
 from redis.exceptions import RedisError
 
 from notifier.config import PracticeConfig
+from notifier.core import hints as hint_rules
 from notifier.core import resources
 from notifier.core.cursor import Policy
 from notifier.core.health import Health
 from notifier.core.keylife import KeyLife
 from notifier.core.retry import backoff
+from notifier.core.text import plural
 from notifier.dentally.client import DentallyClient
 from notifier.dentally.pacer import HEARTBEAT
 from notifier.errors import AuthError, DentallyError, LeaseLost, RateLimited, ScopeError
-from notifier.events import Event
+from notifier.events import Event, notifier_event
 from notifier.ops.metrics import Metrics
 from notifier.service.poller import ResourcePoller
 from notifier.store.connection import REDIS_RETRY_CAP
@@ -39,6 +42,7 @@ log = logging.getLogger("notifier.practice")
 BUG_BACKOFF_BASE = 5.0      # an unexpected error is retried after 5 s, 10 s, ... 10 min
 BUG_BACKOFF_CAP = 600.0
 PAUSED_RECHECK = 1.0        # a refused request (key stopped): look again this soon
+MAX_HINTED_IDS = 100        # ids kept for fetching between polls; past it the sweep finds them
 
 
 def policy_for(cfg: PracticeConfig) -> Policy:
@@ -57,17 +61,74 @@ class ResourceLoop:
     def __init__(self, store: Store, cfg: PracticeConfig, name: str, client: DentallyClient,
                  life: KeyLife, *, health: Health, metrics: Metrics | None,
                  wall: Callable[[], float] = time.time,
-                 interval: float | None = None) -> None:
+                 interval: float | None = None,
+                 hints: hint_rules.HintState | None = None,
+                 first_delay: float = 0.0) -> None:
         self.store, self.cfg, self.name, self.client, self.life = store, cfg, name, client, life
         self.health, self.metrics, self._wall = health, metrics, wall
         self.extra: dict[str, Any] = {"practice": cfg.name, "resource": name}
         self.interval = cfg.interval(name) if interval is None else interval
         """Seconds between polls: the configured interval, or longer when the share cannot
         carry it (see docs/budget.md)."""
+        self.first_delay = first_delay
+        """Seconds before the first poll (the practice staggers its resources)."""
         self._incident: str | None = None
         """The unexpected error this resource is failing with (logged in full once)."""
+        self.hints = hints
+        """The resource's Dentally webhook hints (None: the practice takes none)."""
+        self._wake = anyio.Event()
+        self._hinted_ids: set[str] = set()
+        self._noted: tuple[str, float | None] | None = None
+
+    def hint(self, hint: hint_rules.Hint) -> None:
+        """A Dentally webhook named this resource: poll now (coalesced to one triggered
+        poll a second); an id it names that the poll does not show is fetched."""
+        if hint.record_id is not None and len(self._hinted_ids) < MAX_HINTED_IDS:
+            self._hinted_ids.add(hint.record_id)
+        self._wake.set()
+
+    async def _rest(self, delay: float, started: float, wakeable: bool) -> None:
+        """Sleep ``delay``, or less when a hint comes (but a second after the last poll
+        began at the earliest). After an error the backoff stands, hints or not."""
+        if not wakeable:
+            await anyio.sleep(delay)
+            return
+        with anyio.move_on_after(delay):
+            await self._wake.wait()
+        if self._wake.is_set():
+            self._wake = anyio.Event()
+            await anyio.sleep(hint_rules.trigger_wait(anyio.current_time(), started))
+            if self.metrics is not None:
+                self.metrics.hint_polls.labels(self.cfg.name, self.name).inc()
+
+    async def _after_poll(self, poller: ResourcePoller, ids: set[str], published: int) -> int:
+        """Hinted ids the poll did not show, and whether the webhook went silent."""
+        seen = poller.seen or set()
+        missing = sorted(ids - seen)
+        if missing:
+            published += await poller.confirm(missing)
+        if self.hints is None:
+            return published
+        silent = self.hints.polled(self._wall(), published > 0)
+        if silent is not None:
+            log.warning("changes found, but no Dentally webhook for %s for %.0fs: hints "
+                        "are being lost; polling every %.0fs again", self.name,
+                        silent.found_at - silent.last_hint_at, self.interval,
+                        extra=self.extra)
+            event = notifier_event(hint_rules.SILENT, self.cfg.name, silent.data(),
+                                   datetime.fromtimestamp(self._wall(), UTC), self.name,
+                                   str(int(silent.last_hint_at)))
+            await self.store.publish(event)
+        noted = (self.hints.mode.value, self.hints.last_hint_at)
+        if noted != self._noted:     # for status: one write per poll at most
+            await self.store.note(self.cfg.name, self.name, hint_mode=noted[0],
+                                  last_hint_at=str(noted[1] or ""))
+            self._noted = noted
+        return published
 
     async def run(self) -> None:
+        if self.first_delay > 0:
+            await anyio.sleep(self.first_delay)
         cfg, name = self.cfg, self.name
         poller = ResourcePoller(self.store, self.client, cfg.name, resources.get(name),
                                 policy_for(cfg), initial_sync=cfg.initial_sync,
@@ -99,15 +160,24 @@ class ResourceLoop:
                     else:
                         if next_sweep is None:
                             next_sweep = await self._first_sweep()
-                        published = await poller.poll_once()
+                        ids, self._hinted_ids = self._hinted_ids, set()
+                        poller.seen = set()
+                        try:
+                            published = await poller.poll_once()
+                            published = await self._after_poll(poller, ids, published)
+                        except BaseException:
+                            self._hinted_ids |= ids     # fetched after the next poll
+                            raise
                         attempt = 0
                         self._recovered()
                         if published:
-                            log.info("published %d event%s", published,
-                                     "s" * (published != 1), extra=self.extra)
+                            log.info("published %s", plural(published, "event"),
+                                     extra=self.extra)
                         if self._wall() >= next_sweep or await poller.sweep_requested():
                             await poller.reconcile()
                             next_sweep = self._wall() + cfg.reconcile_interval
+                        if self.hints is not None:
+                            interval = self.hints.interval(self.interval)
                         delay = max(0.0, interval - (anyio.current_time() - started))
                 except LeaseLost:
                     raise
@@ -146,7 +216,7 @@ class ResourceLoop:
                     self.metrics.poll_seconds.labels(cfg.name, name).observe(
                         anyio.current_time() - started)
                 self.health.beat(beat, self._wall(), delay + page_within)
-                await anyio.sleep(delay)
+                await self._rest(delay, started, outcome == "ok")
         finally:
             self.health.forget(beat)
 

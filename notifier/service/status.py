@@ -123,6 +123,9 @@ async def collect(settings: Settings, redis: Redis, now: float) -> dict[str, Any
                             "at": _float(f.get("reread_at")),
                             "window_waiting": f.get("window_waiting") == "1"},
                 "deletions_held": _json(f.get("reconcile_held")),
+                "hints": {"mode": f.get("hint_mode") or None,
+                          "last_hint_at": _float(f.get("last_hint_at"))}
+                if p.hinted else None,
             })
         rawk: Any = await redis.hgetall(keys.key_state(p.name))
         k = {a.decode(): b.decode() for a, b in rawk.items()}
@@ -132,6 +135,10 @@ async def collect(settings: Settings, redis: Redis, now: float) -> dict[str, Any
         out["practices"].append({
             "name": p.name, "url": p.url, "resources": resources,
             "lease": {"holder": holder or None, "epoch": _int(epoch)},
+            "dentally_webhooks": {"at": _float(k.get("dentally_webhooks_at")),
+                                  "webhooks": _json(k.get("dentally_webhooks")),
+                                  "error": k.get("dentally_webhooks_error") or None}
+            if p.hinted else None,
             "key": {"state": k.get("state", "unknown"), "fingerprint": k.get("fingerprint"),
                     "lifecycle": k.get("lifecycle"),
                     "next_probe_at": _float(k.get("next_probe_at")),
@@ -221,6 +228,23 @@ def _failing(sub: dict[str, Any], now: float) -> list[str]:
     return lines
 
 
+def _dentally_webhooks(dw: dict[str, Any], now: float) -> str:
+    """``Dentally webhooks (listed 5m ago): #1 active, 0 failed / 120 delivered``."""
+    head = f"Dentally webhooks (listed {_ago(dw['at'], now)})"
+    if dw.get("error"):
+        return f"{head}: {dw['error']}"
+    hooks = dw.get("webhooks")
+    if not isinstance(hooks, list):
+        return f"{head}: not listed yet"
+    if not hooks:
+        return f"{head}: none configured in Dentally; polling alone"
+    parts = [f"#{w.get('id')} " + ("INACTIVE (switched off by Dentally)"
+                                   if w.get("active") is False else "active")
+             + f", {w.get('failed_deliveries', '?')} failed / "
+               f"{w.get('successful_deliveries', '?')} delivered" for w in hooks]
+    return f"{head}: " + "; ".join(parts)
+
+
 def render(data: dict[str, Any], out: TextIO) -> None:
     now = data["at"]
     s = data["stream"]
@@ -249,6 +273,9 @@ def render(data: dict[str, Any], out: TextIO) -> None:
                 line += (f"; refused {b['refused_burst']}x by the burst limit, "
                          f"{b['refused_hourly']}x by the hourly cap")
             print(line, file=out)
+        dw = p.get("dentally_webhooks")
+        if dw is not None:
+            print("  " + _dentally_webhooks(dw, now), file=out)
         for r in p["resources"]:
             b = r.get("backfill")
             state = "synced" if r["synced"] else (
@@ -262,6 +289,10 @@ def render(data: dict[str, Any], out: TextIO) -> None:
                 configured = r.get("interval_configured")
                 if configured is not None and r["interval"] > configured:
                     line += f" (configured {_secs(configured)}: stretched to fit the share)"
+            hinted = r.get("hints")
+            if hinted and hinted.get("mode"):
+                line += (f"; Dentally webhooks {hinted['mode']}, last "
+                         f"{_ago(hinted['last_hint_at'], now)}")
             print(line, file=out)
             rr = r["rereads"]
             if rr["window_waiting"]:

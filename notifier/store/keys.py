@@ -13,6 +13,8 @@ slot. The event stream's name is configured on its own (``[redis] stream``).
     <prefix>:{<practice>}:epoch               string the lease's fencing epoch (INCR)
     <prefix>:{<practice>}:key_retry           string an operator's "probe the key now"
     <prefix>:{<practice>}:key                 hash   key state, fingerprint, last success
+    <prefix>:{<practice>}:sent                zset   our Dentally requests of the last rate
+                                                     window: member -> send time (unix s)
     <prefix>:published:<event id>             string marks a notifier.* event as published
     <prefix>:sub:<name>:retry                 zset   stream entry id -> due time (unix s)
     <prefix>:sub:<name>:tries                 hash   stream entry id -> failed attempts so far
@@ -53,6 +55,11 @@ class Keys:
 
     def key_state(self, practice: str) -> str:
         return f"{self._p(practice)}:key"
+
+    def sent(self, practice: str) -> str:
+        """The practice's requests of the last rate window (the share holds across
+        restarts: ``store.sendlog``)."""
+        return f"{self._p(practice)}:sent"
 
     def lock(self, practice: str) -> str:
         return f"{self._p(practice)}:lock"

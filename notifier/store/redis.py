@@ -14,11 +14,13 @@ import copy
 import json
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, cast
 
 from redis.asyncio import Redis
 
 from notifier.core.cursor import Progress, Window
+from notifier.core.shaping import Shape, Skip, shape
 from notifier.errors import LeaseLost, StoreError
 from notifier.events import Event
 from notifier.store.codec import Codec
@@ -150,7 +152,11 @@ def parse_progress(raw: Mapping[bytes, bytes]) -> Progress:
 class Store:
     """The notifier's Redis state for every practice. One per process."""
 
-    def __init__(self, redis: Redis, keys: Keys, stream: str) -> None:
+    def __init__(self, redis: Redis, keys: Keys, stream: str, *,
+                 shape: Shape | None = None) -> None:
+        """``shape``: ``[redis] stream_fields``, what events keep of their record in the
+        stream (ids and the event's own id never change)."""
+        self.shape = shape
         self.redis = redis
         self.keys = keys
         self.stream = stream
@@ -217,6 +223,8 @@ class Store:
         for e in events:
             if (e.practice, e.resource) != (practice, resource):
                 raise ValueError(f"event {e.id} is not of {practice}/{resource}")
+        if self.shape is not None:
+            events = [self._shaped(e) for e in events]
         args += stream_table(events)
         args.append(len(fields))
         for k, v in fields.items():
@@ -238,6 +246,10 @@ class Store:
                 f"{practice}/{resource}: another compression dictionary is stored than the "
                 "one this process learned; nothing was written, the stored one is used next")
         return bool(applied)
+
+    def _shaped(self, event: Event) -> Event:
+        body = shape(self.shape or Shape(), event.stream_fields())
+        return event if isinstance(body, Skip) else replace(event, payload=body)
 
     async def publish(self, event: Event, dedupe_seconds: int = 7 * 86400) -> bool:
         """Append a ``notifier.*`` event once: its id is remembered for ``dedupe_seconds``,

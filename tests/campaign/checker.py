@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from notifier.sandbox.ledger import content_hash
+from tests.helpers import is_derived, schema_errors
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,7 @@ def check(ev: Evidence, limits: Limits, skip: set[str] | frozenset[str] = frozen
     out += check_budget(ev, limits)
     out += check_keepalive(ev, limits)
     out += check_status(ev)
+    out += check_schema(ev)
     out = [v for v in out if v.check not in skip]
     for v in out:
         if not v.faults:
@@ -144,8 +146,8 @@ def check_records(ev: Evidence) -> list[Violation]:
         history[(w["resource"], w["record_id"])].append(w)
     events: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for e in ev.events:
-        if str(e["type"]).startswith("notifier."):
-            continue
+        if str(e["type"]).startswith("notifier.") or is_derived(e):
+            continue   # (derived events carry their cause's version: checked with it)
         d = e["data"]
         events[(d["resource"], str(d["record_id"]))].append(e)
 
@@ -200,6 +202,24 @@ def check_records(ev: Evidence) -> list[Violation]:
                                      f"{n_del} deleted events", last_at))
             elif kinds[-1] != "deleted":
                 out.append(Violation("order", subject, "events after its deletion", last_at))
+    return out
+
+
+def check_schema(ev: Evidence) -> list[Violation]:
+    """Every event in the stream is of a published type and matches its JSON Schema; a
+    derived event follows the event it names as its cause."""
+    out: list[Violation] = []
+    seen: set[str] = set()
+    for e in ev.events:
+        # (the runner's own annotations, such as ``_stream_at``, are not the event's)
+        errors = schema_errors({k: v for k, v in e.items() if not k.startswith("_")})
+        if errors:
+            out.append(Violation("schema", f"{e.get('type')} {e.get('id')}",
+                                 "; ".join(errors[:3])))
+        if is_derived(e) and e["data"]["cause"] not in seen:
+            out.append(Violation("schema", f"{e.get('type')} {e.get('id')}",
+                                 f"its cause {e['data']['cause']} is not before it"))
+        seen.add(str(e.get("id")))
     return out
 
 

@@ -32,9 +32,11 @@ import anyio
 import httpx
 from redis.asyncio import Redis
 
+from notifier.core.diff import field_changes
 from notifier.sandbox.control import SandboxControl
 from notifier.sandbox.server import SandboxThread
 from notifier.sandbox.state import Sandbox
+from notifier.store.codec import Codec
 from notifier.store.keys import Keys
 from tests.campaign import checker
 from tests.campaign.faults import Fault, all_faults
@@ -52,14 +54,11 @@ FAULT_QUIRKS = ("unstable_rate", "error_rate", "latency", "deep_page_limit", "ra
 # Left off by default, on today's main, for defects that other issues are fixing now:
 # turn each on as its fix lands (``--enable``). Issue 10: a subscriber that fails and then
 # answers 200 gets some events twice with no crash (subscriber.failing), a reply trickled past
-# `timeout` counts as delivered (subscriber.trickling). Issue 8 (found by this campaign after
-# its fix landed): a snapshot stamped in the future is trusted once real time passes its
-# stamp, so an edit stamped between the two, read after that, is dropped as a stale copy
-# for ever (dentally.future_stamps; seed 202).
+# `timeout` counts as delivered (subscriber.trickling): turn each on as its fix lands.
 # On since issue 11's fixes: redis.down (acks an outage kept from Redis were dropped and the
 # events sent again; seed 4) and daemon.sighup (a reloaded subscriber's events left pending,
 # never attempted; seed 202).
-KNOWN_OPEN = {"subscriber.failing", "subscriber.trickling", "dentally.future_stamps"}
+KNOWN_OPEN = {"subscriber.failing", "subscriber.trickling"}
 KNOWN_OPEN_CHECKS: set[str] = set()
 READY_WITHIN = 30.0   # seconds from the daemon's start to READY=1, at most
 
@@ -475,17 +474,58 @@ class Campaign:
                                    for g in groups}}
         return ev
 
-    async def converged(self) -> bool:
+    async def pending(self) -> list[str]:
+        """What the daemon has yet to do (empty: caught up): records whose checks fail,
+        events a subscriber has not acknowledged. The same rules as the final check: a
+        subscriber never gets the notice of its own disabling, so that one is not waited
+        for (waiting for it made every run with a 410 wait the whole settle time)."""
         ev = await self.evidence()
-        if checker.check_records(ev):
-            return False
-        types = {e["id"]: e["type"] for e in ev.events}
+        out = [f"{v.check} {v.subject}: {v.detail}" for v in checker.check_records(ev)]
+        types = {str(e["id"]): str(e["type"]) for e in ev.events}
         for sub in ev.subscribers:
+            own = {str(e["id"]) for e in ev.events
+                   if e["type"] == "notifier.subscriber.disabled"
+                   and (e.get("data") or {}).get("subscriber") == sub.name}
             ok = {r.webhook_id for r in sub.receipts if r.success}
-            for eid, t in types.items():
-                if any(fnmatch.fnmatchcase(t, p) for p in sub.patterns) and eid not in ok:
-                    return False
-        return True
+            missing = [eid for eid, t in types.items()
+                       if any(fnmatch.fnmatchcase(t, p) for p in sub.patterns)
+                       and eid not in ok and eid not in own]
+            if missing:
+                out.append(f"{sub.name}: {len(missing)} events not acknowledged "
+                           f"(first {missing[0]})")
+        return out
+
+    async def explain(self, ev: checker.Evidence, subject: str) -> None:
+        """A lost record's story: its writes, its events and the snapshot we hold."""
+        resource, _, rid = subject.partition("/")
+        t0 = self.started
+        for w in ev.writes:
+            if (w["resource"], w["record_id"]) == (resource, rid):
+                self.log(f"  {subject} write +{w['at'] - t0:.3f}s updated_ms "
+                         f"{w['updated_ms']} {'deleted' if w['deleted'] else w['hash'][:8]}")
+        last: dict[str, Any] | None = None
+        for e in ev.events:
+            d = e.get("data") or {}
+            if (d.get("resource"), str(d.get("record_id"))) == (resource, rid):
+                h = checker.content_hash(d["record"]) if "record" in d else "-"
+                self.log(f"  {subject} event +{e['_stream_at'] - t0:.3f}s {e['type']} "
+                         f"updated_at {d.get('updated_at')} {h[:8]}")
+                last = d.get("record")
+        keys = Keys(self.prefix)
+        blob = await self.redis.hget(keys.snapshots("main", resource), rid)
+        if blob is None:
+            self.log(f"  {subject} no snapshot")
+            return
+        codec = Codec(await self.redis.get(keys.zdict("main", resource)))
+        try:
+            canon, seen = codec.read(blob)
+            record = json.loads(canon)
+            self.log(f"  {subject} snapshot updated_at {record.get('updated_at')} "
+                     f"{checker.content_hash(record)[:8]} seen_at {seen}; fields that differ "
+                     "from the last event's record: "
+                     + ", ".join(sorted(field_changes(last or {}, record))))
+        except ValueError as exc:
+            self.log(f"  {subject} snapshot unreadable: {exc}")
 
     # -- the run --------------------------------------------------------------------------
     async def run(self) -> Result:
@@ -559,11 +599,17 @@ class Campaign:
             self.faults.append(checker.FaultRecord("daemon.sighup", hup, time.time(),
                                                    "reconcile_interval 4 (quiet phase)"))
             self.log("faults over; waiting for the daemon to catch up")
-            deadline = time.time() + opts.settle
-            while time.time() < deadline and not await self.converged():  # noqa: ASYNC110
+            quiet = time.time()
+            deadline = quiet + opts.settle
+            left = ["not checked"]
+            while time.time() < deadline and (left := await self.pending()):  # noqa: ASYNC110
                 await anyio.sleep(0.5)
             caught_up = time.time()
-            self.log(f"caught up: {time.time() < deadline}")
+            if left:
+                self.log(f"not caught up after {opts.settle:.0f}s: " + "; ".join(left[:5])
+                         + (f" (and {len(left) - 5} more)" if len(left) > 5 else ""))
+            else:
+                self.log(f"caught up in {caught_up - quiet:.1f}s")
             await anyio.sleep(1.5)   # late duplicates would arrive now
             tg.cancel_scope.cancel()
         self.excuse_start("daemon down")
@@ -576,6 +622,9 @@ class Campaign:
         limits = checker.Limits(self.token, self.share, self.rate_window, self.keepalive,
                                 version_due=max(4.0, 3 * self.poll_interval))
         violations = self.violations + checker.check(ev, limits, opts.skip_checks)
+        for v in violations:
+            if v.check in ("lost", "lost-version"):
+                await self.explain(ev, v.subject)
         table = checker.table(ev, violations, opts.seed, opts.seconds / 60)
         await self.workload.control.aclose()
         return Result(opts.seed, violations, table, ev)

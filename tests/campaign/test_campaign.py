@@ -56,7 +56,8 @@ def evidence(writes: list[dict[str, object]], events: list[dict[str, object]],
 
 
 def checks(ev: Evidence) -> list[str]:
-    return sorted(v.check for v in checker.check(ev, LIMITS, {"status"}))
+    # (the hand-made events are sketches: their schema is checked below, on real ones)
+    return sorted(v.check for v in checker.check(ev, LIMITS, {"status", "schema"}))
 
 
 def test_checker_accepts_a_faithful_history() -> None:
@@ -110,3 +111,21 @@ def test_checker_counts_the_budget_per_window_and_idle_gaps() -> None:
     assert checks(ev) == ["budget", "idle"]
     ev.excused = [(11.0, 29.0, "daemon down")]
     assert checks(ev) == ["budget"]
+
+
+def test_checker_validates_every_event_against_the_schema() -> None:
+    import json
+    from datetime import UTC, datetime
+
+    from notifier.core.derive import Derived
+    from notifier.events import canonical, derived_event, record_event
+    now = datetime(2026, 11, 27, tzinfo=UTC)
+    cause = record_event("main", "patients", "updated", V2, now, {"v": [1, 2]})
+    derived = derived_event(cause, Derived("patient.reactivated"), V2,
+                            "2026-11-27T00:00:00.000000Z", canonical(V2))
+    real = [json.loads(e.payload) for e in (cause, derived)]
+    assert checker.check_schema(evidence([], real)) == []
+    # A derived event before its cause, and an event off the contract.
+    found = checker.check_schema(evidence([], [real[1], real[0], {**real[0], "version": 0}]))
+    assert [v.check for v in found] == ["schema", "schema"]
+    assert "cause" in found[0].detail and "version" in found[1].detail

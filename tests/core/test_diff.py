@@ -29,9 +29,17 @@ def test_changed_field_is_updated_with_old_and_new() -> None:
     }
 
 
-def test_touch_stores_silently() -> None:
+def test_a_later_stamp_alone_is_an_update() -> None:
+    """Only updated_at moved on (an edit reverted between two polls, campaign seed 101, or
+    a save that changed nothing): Dentally shows a new version, so it is published, with
+    updated_at as the one change. The same instant written another way stores silently."""
     new = {**BASE, "updated_at": "2026-11-27T15:00:05.000+00:00"}
-    assert diff(BASE, new) == (None, True)
+    change, store = diff(BASE, new)
+    assert change is not None and change.kind == "updated" and store
+    assert change.changes == {"updated_at": [BASE["updated_at"], new["updated_at"]]}
+    same = {**BASE, "updated_at": "2026-11-27T16:00:00.000+01:00"}
+    assert diff(BASE, same) == (None, True)
+    assert diff(BASE, {**BASE, "updated_at": "2026-11-27T14:00:00.000+00:00"}) == (None, False)
 
 
 def test_stale_copy_is_ignored_even_with_other_offset() -> None:
@@ -104,3 +112,31 @@ def test_page_diff_applies_seed_mode_and_dedupe_keeps_the_latest() -> None:
     assert seed[1].publish is None and seed[1].store          # first sight, silently
     emit = page_diff(rows, [BASE, None], emit_created=True, server_now=None)
     assert emit[1].publish is not None and emit[1].publish.kind == "created"
+
+
+def test_a_future_stamp_stays_untrusted_once_real_time_passes_it() -> None:
+    """Residual of item 5 (campaign seed 202): a snapshot stamped 5 s ahead of the server's
+    clock when it was seen; an edit made 1 s later (stamped then, before the snapshot's
+    stamp) is read only after real time passed that stamp. The stamp was not trustworthy
+    when the snapshot was seen and never becomes so: the edit is published."""
+    from notifier.core.diff import page_diff
+    from notifier.core.timefmt import parse_ms
+
+    seen = parse_ms(str(BASE["updated_at"]))
+    future = {**BASE, "updated_at": "2026-11-27T15:00:05.000+00:00"}
+    edit = {**BASE, "email_address": "real@example.com",
+            "updated_at": "2026-11-27T15:00:01.000+00:00"}
+    change, store = diff(future, edit, server_now=seen + 6000, seen_at=seen)
+    assert change is not None and change.kind == "updated" and store
+    # A snapshot whose stamp was not ahead when it was seen keeps the stale-copy rule.
+    stale = {**BASE, "email_address": "old@example.com",
+             "updated_at": "2026-11-27T14:59:59.000+00:00"}
+    assert diff(BASE, stale, server_now=seen + 6000) == (None, False)
+    # Which snapshots must remember when they were seen: only those stamped ahead of it.
+    verdicts = page_diff([future, {**BASE, "id": 2}], [None, None], emit_created=True,
+                         server_now=seen)
+    assert [v.seen_at for v in verdicts] == [seen, None]
+    # The remembered time goes through page_diff too.
+    (verdict,) = page_diff([edit], [future], emit_created=True, server_now=seen + 6000,
+                           seen_at=[seen])
+    assert verdict.publish is not None and verdict.publish.kind == "updated"

@@ -31,8 +31,8 @@ def test_a_resource_no_practice_polls_is_a_warning() -> None:
 
 
 def test_every_notifier_event_the_code_publishes_is_known() -> None:
-    """A new ``notifier.*`` type must be added to NOTIFIER_EVENT_TYPES, or `check` would
-    call a pattern naming it a typo."""
+    """A new ``notifier.*`` type must be added to the catalog (notifier/schema/models.py),
+    with its data model, or `check` would call a pattern naming it a typo."""
     root = Path(__file__).resolve().parents[2] / "notifier"
     found = set()
     for path in root.rglob("*.py"):

@@ -20,7 +20,7 @@ def write_config(path: Path, *, redis_url: str, prefix: str, stream: str, base_u
                  subscribers: list[dict[str, Any]] | None = None,
                  more_practices: list[dict[str, Any]] | None = None,
                  metrics_listen: str | None = None, practice_lease: float = 1.5,
-                 **practice_keys: Any) -> Path:
+                 ingest: dict[str, Any] | None = None, **practice_keys: Any) -> Path:
     # A one-second rate window with a large share and pace: tests poll far faster than
     # Dentally allows, and test the budget itself with their own settings.
     keys = {"name": practice, "region": "sandbox", "base_url": base_url, "api_key": key,
@@ -51,6 +51,8 @@ def write_config(path: Path, *, redis_url: str, prefix: str, stream: str, base_u
         lines += ["", "[[subscribers]]"] + [f"{k} = {toml(v)}" for k, v in sub.items()]
     if metrics_listen:
         lines += ["", "[metrics]", f"listen = {toml(metrics_listen)}"]
+    if ingest:
+        lines += ["", "[ingest]"] + [f"{k} = {toml(v)}" for k, v in ingest.items()]
     lines += ["", "[log]", 'format = "json"', 'level = "debug"']
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -217,16 +217,24 @@ async def test_follows_the_servers_reset_when_others_leave_two_per_window(
                 reset = int(r.headers["x-ratelimit-reset"])
                 await anyio.sleep(max(0.05, reset - time.time() + 0.05))
 
+    # Every 0.37 s: on loopback a response's latency hardly varies, so polls at whole
+    # seconds would have every Date sampled at one fraction of a second (see below).
+    daemon = daemon_factory(resources=["patients"], poll_interval=0.37,
+                            rate_window=3600, max_requests_per_hour=3600 * 4)
+    daemon.start()
+
+    async def synced() -> bool:
+        return await redis.hget(f"{ns.prefix}:{{main}}:cursor:patients", "synced") == b"1"
+    await wait_until(synced, 20, "the first sync")
+
+    async def polled_a_while() -> bool:
+        # As in service, the daemon has polled before the others spend the window: its
+        # Date samples fall at several fractions of a second (every sample taken right
+        # after a reset falls at the same one, and cannot show how late that is).
+        return len(await our_requests(control, sandbox.key or "")) >= 8
+    await wait_until(polled_a_while, 10, "a few polls")
     async with anyio.create_task_group() as tg:
         tg.start_soon(other_integration)
-        daemon = daemon_factory(resources=["patients"], poll_interval=0.5,
-                                rate_window=3600, max_requests_per_hour=3600)
-        daemon.start()
-
-        async def synced() -> bool:
-            return await redis.hget(f"{ns.prefix}:{{main}}:cursor:patients",
-                                    "synced") == b"1"
-        await wait_until(synced, 20, "the first sync")
         started = time.time()
         lags = await run_with_changes(redis, ns, control, ["patients"], 12.0, 1.0,
                                       within=2 * server_window + 1.5)
@@ -239,12 +247,10 @@ async def test_follows_the_servers_reset_when_others_leave_two_per_window(
     windows = elapsed / server_window + 1
     assert len(refused) <= windows, (refused, windows)
     assert max(lags) <= 2 * server_window + 1.5, lags
-    # After each reset the server announced, our next request went within about a second.
-    # The bound is 1.5 s, not the issue's 1.0 s: the daemon places the reset on its own clock
-    # through the server-clock estimate, which comes from Date headers truncated to the
-    # second and so runs up to 1 s behind (the safe side: never early); add the 0.2 s
-    # RESET_MARGIN and scheduling on a loaded CI machine (measured 0.59-0.80 s quiet, up to
-    # 1.15 s with two suites running at once). Tightening it is open work (issue 9).
+    # After each reset the server announced, our next request went within a second: the
+    # reset is placed by the greatest Date sample (never early, late by the largest gap
+    # between the fractions of a second the samples fell at: tests/core/test_budget.py
+    # bounds that without a socket), plus RESET_MARGIN.
     starts = sorted(int(w) for w in (await control.stats())["per_window"]["1"])
     late = []
     for start in starts:
@@ -252,7 +258,7 @@ async def test_follows_the_servers_reset_when_others_leave_two_per_window(
         after = [t for t, _ in ours if t >= reset]
         if reset >= started and after and reset + 2 < ours[-1][0]:
             late.append(after[0] - reset)
-    assert late and max(late) < 1.5, late
+    assert late and max(late) < 1.0, late
     print(f"FIGURES others leave 2: {len(ours)} requests, {len(refused)} refused in "
           f"{elapsed:.1f}s (~{elapsed / server_window:.1f} windows); after a reset our next "
           f"request in {min(late):.2f}-{max(late):.2f}s; {len(lags)} changes, lags "
@@ -302,3 +308,30 @@ async def test_a_pace_set_too_fast_slows_down_on_429(
     refused = await burst_backfill(redis, ns, control, sandbox, daemon_factory,
                                    max_requests_per_second=25)
     assert 1 <= refused <= 5, refused
+
+
+async def test_the_share_holds_across_restarts(
+        redis: Redis, ns: Namespace, control: SandboxControl, sandbox: SandboxThread,
+        daemon_factory: Callable[..., Daemon]) -> None:
+    """A daemon restarted again and again within one window (a crash loop under
+    systemd's Restart=) starts from what it already spent: its requests of the window are
+    kept in Redis. Without them each start had a fresh share and a fresh burst."""
+    window, share = 4.0, 4
+    await control.seed("patients", 5)
+    daemon = daemon_factory(resources=["patients"], rate_window=window,
+                            max_requests_per_hour=int(share * 3600 / window),
+                            poll_interval=0.1)
+    for _ in range(4):
+        before = len(await our_requests(control, sandbox.key or ""))
+        daemon.start()
+
+        async def sent_more(before: int = before) -> bool:
+            return len(await our_requests(control, sandbox.key or "")) > before
+        await wait_until(sent_more, 15, "a request after the start")
+        assert daemon.stop() == 0
+    times = [t for t, _ in await our_requests(control, sandbox.key or "")]
+    assert most_in_any_span(times, window) <= share, times
+    assert await redis.zcard(f"{ns.prefix}:{{main}}:sent") >= 1
+    print(f"FIGURES restarts: {len(times)} requests over {times[-1] - times[0]:.1f}s and 4 "
+          f"starts; most in any {window:g}s: {most_in_any_span(times, window)} (share "
+          f"{share})")

@@ -236,6 +236,54 @@ async def test_an_edit_of_a_record_stamped_in_the_future_is_published(
     await poller.client.aclose()
 
 
+async def test_an_edit_read_after_real_time_passed_a_future_stamp_is_published(
+        store: Store, sandbox: SandboxThread, control: SandboxControl) -> None:
+    """Residual of item 5 (campaign seed 202): a record stamped an hour ahead is seen; a
+    real edit (stamped before that hour) is read only after the server's clock passed the
+    stamp (a catch-up after downtime). It used to be dropped as a stale copy for ever."""
+    ids = await control.seed("patients", 20, spread_days=1)
+    now = (await control.clock())["now_ms"]
+    await control.update("patients", ids[0], at_ms=now + 3_600_000)
+    poller = make_poller(store, sandbox, initial_sync="seed")
+    assert await poller.poll_once() == 0
+    await poller.client.aclose()
+    edited = await control.update("patients", ids[0], email_address="real@example.com")
+    assert parse_ms(edited["updated_at"]) < now + 3_600_000
+    await control.clock(advance_ms=2 * 3_600_000)
+    poller = make_poller(store, sandbox, initial_sync="seed")   # a restart, two hours on
+    assert await poller.poll_once() == 1
+    (event,) = await stream_events(store.redis, store.stream)
+    assert event["type"] == "patient.updated"
+    assert event["data"]["changes"]["email_address"][1] == "real@example.com"
+    # A record seen with a stamp in the past keeps the stale-copy rule.
+    assert await poller.poll_once() == 0
+    await poller.client.aclose()
+
+
+async def test_an_edit_reverted_between_two_polls_publishes_the_new_version(
+        store: Store, sandbox: SandboxThread, control: SandboxControl) -> None:
+    """Campaign seed 101 (patients/1081): an edit and its revert land while the daemon is
+    down (kill -9). The record then differs from its snapshot only in updated_at, and that
+    version, which Dentally shows for good, used to be stored silently as a "touch":
+    never published, not even by a sweep."""
+    ids = await control.seed("patients", 20, spread_days=1)
+    before = next(r for r in await control.records("patients") if str(r["id"]) == ids[0])
+    poller = make_poller(store, sandbox, initial_sync="seed")
+    assert await poller.poll_once() == 0
+    await control.update("patients", ids[0], recall_interval=before["recall_interval"] + 1)
+    after = await control.update("patients", ids[0],
+                                 recall_interval=before["recall_interval"])
+    assert await poller.poll_once() == 1
+    (event,) = await stream_events(store.redis, store.stream)
+    assert event["type"] == "patient.updated"
+    assert event["data"]["record"] == after
+    assert event["data"]["changes"] == {"updated_at": [before["updated_at"],
+                                                       after["updated_at"]]}
+    assert await poller.poll_once() == 0
+    assert await poller.reconcile() == (0, 0)
+    await poller.client.aclose()
+
+
 async def test_a_sweep_that_would_delete_too_much_fails_closed_until_accepted(
         tmp_path: Path, redis_url: str, ns: Namespace, store: Store,
         sandbox: SandboxThread, control: SandboxControl) -> None:

@@ -3,11 +3,15 @@ rows an unstable page skipped are never reported deleted."""
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
+
+import pytest
 
 from notifier.core.timefmt import parse_ms
 from notifier.sandbox.control import SandboxControl
 from notifier.sandbox.server import SandboxThread
+from notifier.service.poller import reread_note
 from notifier.store.redis import Store
 from tests.helpers import stream_events
 from tests.service.test_poller import make_poller
@@ -70,6 +74,23 @@ async def test_unstable_pages_and_413_backfill_publish_one_event_per_record(
     events = await stream_events(store.redis, store.stream)
     assert Counter(e["type"] for e in events) == {"patient.created": 10_000}
     assert {e["data"]["record_id"] for e in events} == set(ids)
+    await poller.client.aclose()
+
+
+async def test_sweep_log_counts_read_as_english(
+        store: Store, sandbox: SandboxThread, control: SandboxControl,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Item 4 of issue 8: no "1 skipped rows" / "re-read windows 1 times"."""
+    ids = await control.seed("patients", 20, spread_days=3)
+    poller = make_poller(store, sandbox, initial_sync="seed")
+    await poller.poll_once()
+    await control.delete("patients", ids[0])
+    with caplog.at_level(logging.INFO, logger="notifier.poller"):
+        assert await poller.reconcile() == (1, 0)
+    assert "reconciliation: 1 deleted, 0 skipped rows found" in caplog.text
+    assert reread_note("poll", 1, 0, False) == "poll re-read windows 1 time; all read completely"
+    assert reread_note("sweep", 2, 1, True) == (
+        "sweep re-read windows 2 times; 1 window still incomplete, retried next poll")
     await poller.client.aclose()
 
 

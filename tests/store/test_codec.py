@@ -80,3 +80,40 @@ def test_an_adopted_dictionary_is_pending_until_saved() -> None:
     codec.saved = True
     assert codec.pending() is None
     assert Codec(zdict).pending() is None
+
+
+def test_compressors_are_shared_by_dictionary_and_bounded() -> None:
+    """A primed compressor (~160 kB) per resource of every practice was most of a
+    practice's memory: codecs with one dictionary share one, and their number is bounded,
+    while every blob still decodes with its own dictionary."""
+    from notifier.store import codec as module
+
+    records = [json.dumps({"id": i, "first_name": f"Name{i}", "active": True}).encode()
+               for i in range(40)]
+    dicts = [module.learn(records[i:i + 10]) for i in range(0, 30, 10)]
+    assert all(d is not None for d in dicts)
+    a, b = Codec(dicts[0]), Codec(dicts[0])
+    assert a.encode(records[35]) == b.encode(records[35])
+    assert module._learned(dicts[0]) is module._learned(bytes(dicts[0]))   # type: ignore[arg-type]
+    many = [Codec(bytes([i]) * 200 + dicts[1]) for i in range(module.PRIMED_CACHE + 10)]  # type: ignore[operator]
+    blobs = [c.encode(records[36]) for c in many]
+    assert len(module._primed_cache) == module.PRIMED_CACHE
+    assert all(c.decode_bytes(blob) == records[36] for c, blob in zip(many, blobs, strict=True))
+    # The first codecs' compressors were dropped; they are made again when needed.
+    assert many[0].encode(records[37]) != records[37] and \
+        many[0].decode_bytes(many[0].encode(records[37])) == records[37]
+    assert Codec().decode_bytes(Codec().encode(records[38])) == records[38]
+
+
+def test_a_blob_remembers_when_its_record_was_seen() -> None:
+    """A snapshot stamped ahead of the server's clock carries the server time at which it
+    was seen (the stale-copy rule needs it); every other blob is as small as before."""
+    r = records(1)[0]
+    for codec in (Codec(), Codec(learn(records(LEARN_MIN)))):
+        plain = codec.encode(r)
+        marked = codec.encode(r, seen_at=1_795_000_000_123)
+        assert codec.read(plain) == (r, None)
+        assert codec.read(marked) == (r, 1_795_000_000_123)
+        assert codec.decode_bytes(marked) == r and len(marked) == len(plain) + 9
+    with pytest.raises(ValueError, match="snapshot"):
+        Codec().read(b"\x04\x00\x01")

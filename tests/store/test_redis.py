@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
@@ -12,6 +13,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from notifier.config import RedisConfig
 from notifier.core.cursor import Progress, Window
 from notifier.events import record_event
 from notifier.store.keys import Keys
@@ -102,3 +104,21 @@ async def test_replayed_commit_applies_once(
         await pstore.commit("main", "patients", progress=Progress(cursor=2), events=big)
     assert proxy.replayed == 1
     assert await store.redis.xlen(store.stream) == 300
+
+
+async def test_stream_fields_cut_records_down_before_the_stream(
+        redis: Redis, ns: Namespace) -> None:
+    shape = RedisConfig(stream_fields={"patients": ["id", "updated_at"]}).stream_shape()
+    store = Store(redis, Keys(ns.prefix), ns.stream, shape=shape)
+    record = {"id": 1, "nhs_number": "485 777 3456", "updated_at": "2026-11-27T10:00:00Z"}
+    created = record_event("main", "patients", "created", record, T)
+    update = record_event("main", "patients", "updated", record, T,
+                          {"nhs_number": [None, "485 777 3456"]})
+    await store.commit("main", "patients", progress=None, snapshots={"1": b"whole"},
+                       events=[created, update])
+    entries = await redis.xrange(ns.stream)
+    assert [f[b"id"].decode() for _, f in entries] == [created.id, update.id]
+    for _, f in entries:
+        assert b"nhs_number" not in f[b"payload"] and b"485 777" not in f[b"payload"]
+    assert json.loads(entries[1][1][b"payload"])["data"]["changes"] == {}
+    assert await store.snapshots("main", "patients", ["1"]) == [b"whole"]
