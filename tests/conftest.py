@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
+from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from notifier.ops.embedded import redis_server
@@ -40,8 +41,19 @@ class Namespace:
 
 
 @pytest.fixture
-def ns() -> Namespace:
-    return Namespace()
+def ns(redis_url: str) -> Iterator[Namespace]:
+    """Torn down after every fixture that uses it (the daemons a test started included),
+    so it deletes what they wrote last, even in tests that never opened the ``redis``
+    fixture: a shared server is left as found."""
+    space = Namespace()
+    yield space
+    client = SyncRedis.from_url(redis_url)
+    try:
+        keys = list(client.scan_iter(match=f"{space.prefix}*", count=5000))
+        for i in range(0, len(keys), 1000):
+            client.delete(*keys[i:i + 1000])
+    finally:
+        client.close()
 
 
 @pytest.fixture
