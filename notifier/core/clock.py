@@ -35,6 +35,13 @@ the estimate: only samples at most :data:`REACH_MS` above the lower median of th
 ones count (true samples lie within a second plus a response's latency of each other), so
 a blip ahead cannot bring a deadline early, nor one behind hold it back. The cursor keeps
 the estimate.
+
+**An upper bound** (:meth:`ServerClock.upper`) is what a record's stamp must exceed to be
+"stamped in the future" (:func:`notifier.core.diff.seen_mark`): a lower bound there would
+mark an ordinary record edited a second before it was read. A sample is below the true
+offset by the fraction of a second ``Date`` dropped plus the response's time in transit,
+so the true offset is at most the greatest sample (as for deadlines) plus 1 s plus the
+greatest round trip among the recent responses.
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ DEADLINE_SAMPLES = 16
 """Samples kept for placing deadlines: more fractions of a second seen, a closer bound."""
 REACH_MS = 1_100
 """How far above the lower median a sample may be and still count for a deadline."""
+DATE_RESOLUTION_MS = 1_000
+"""``Date`` is truncated to the second: a sample is up to this much below the truth."""
 
 
 @dataclass
@@ -67,11 +76,16 @@ class ServerClock:
     """The last samples, for deadlines (see the module's docstring)."""
     _best: tuple[int, float] | None = None
     """The greatest sample seen (within reach), and when: aged by DRIFT, for deadlines."""
+    _latency: deque[float] = field(default_factory=lambda: deque(maxlen=DEADLINE_SAMPLES))
+    """Round trips (s) of the responses behind :attr:`_recent`, for :meth:`upper`."""
 
-    def observe(self, date_ms: int, mono: float) -> None:
+    def observe(self, date_ms: int, mono: float, latency: float = 0.0) -> None:
+        """A response's ``Date`` (ms), read at ``mono``, ``latency`` s after it was asked
+        for (its round trip: the most it can have been in transit)."""
         sample = date_ms - round(mono * 1000)
         self._samples.append((sample, mono))
         self._recent.append(sample)
+        self._latency.append(max(0.0, latency))
         center = self._center()
         if center <= sample <= center + REACH_MS and (
                 self._best is None or sample >= self._aged_best(mono)):
@@ -128,3 +142,13 @@ class ServerClock:
         if offset is None:
             return None
         return wall + (server_ms - round(mono * 1000) - offset) / 1000
+
+    def upper(self, mono: float) -> int | None:
+        """The latest the server's time can be at ``mono`` (ms): the greatest sample
+        (:meth:`deadline_offset`) plus ``Date``'s resolution plus the greatest recent
+        round trip. None before any response."""
+        offset = self.deadline_offset(mono)
+        if offset is None:
+            return None
+        slack = DATE_RESOLUTION_MS + round(max(self._latency, default=0.0) * 1000)
+        return round(mono * 1000) + offset + slack

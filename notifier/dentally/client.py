@@ -176,6 +176,11 @@ class DentallyClient:
         """The server's time in ms, estimated from the last ``Date`` header."""
         return self.clock.now(self._mono())
 
+    def server_upper(self) -> int | None:
+        """The latest the server's time can be now (ms; ``ServerClock.upper``): taken
+        after a response, no row in it was read later. None before any ``Date``."""
+        return self.clock.upper(self._mono())
+
     async def _admit(self, what: str, probe: bool) -> None:
         """The gate's word: refuse (a rejected key, no retry storm) or wait."""
         while self.gate is not None:
@@ -206,6 +211,7 @@ class DentallyClient:
             await self._admit(what, probe)
             sent_at = await self.pacer.slot(priority) if self.pacer is not None else 0.0
             self.requests += 1
+            asked = self._mono()
             try:
                 response = await self._send(path, params)
             except httpx.TimeoutException:
@@ -214,7 +220,7 @@ class DentallyClient:
             except httpx.TransportError as exc:
                 self._tell(Outcome.FAILED, probe, resource, None, type(exc).__name__)
                 raise TransientError(f"{what}: {type(exc).__name__}") from None
-            answer = self._observe(response)
+            answer = self._observe(response, self._mono() - asked)
             if self.pacer is not None and \
                     self.pacer.answered(sent_at, answer) is Action.RETRY:
                 continue
@@ -239,16 +245,17 @@ class DentallyClient:
         if self.observer is not None:
             self.observer(outcome, probe, resource, reset_at, reason)
 
-    def _observe(self, response: httpx.Response) -> Answer:
-        """Feed the server clock from ``Date``; read what the response says of the budget,
-        its reset put on our clock by ``ServerClock.to_local`` (the closest lower bound of
-        the server's time: the reset is late by a fraction of a second, never early)."""
+    def _observe(self, response: httpx.Response, latency: float = 0.0) -> Answer:
+        """Feed the server clock from ``Date`` (with the request's round trip, ``latency``
+        s); read what the response says of the budget, its reset put on our clock by
+        ``ServerClock.to_local`` (the closest lower bound of the server's time: the reset
+        is late by a fraction of a second, never early)."""
         now = self._wall()
         date = response.headers.get("date")
         if date:
             try:
                 ms = int(parsedate_to_datetime(date).timestamp() * 1000)
-                self.clock.observe(ms, self._mono())
+                self.clock.observe(ms, self._mono(), latency)
             except (TypeError, ValueError):
                 pass
         h = response.headers

@@ -62,8 +62,11 @@ def changes_for_page(practice: str, resource: str, rows: list[dict[str, Any]],
                      unreadable: Unreadable | None = None) -> PageChanges:
     """Diff a page against its snapshots: the events to publish and snapshots to write.
 
-    ``server_now``: the server's time as the page was asked for (a lower bound of when its
-    rows were read: the time a snapshot stamped ahead of it remembers).
+    ``server_now``: the latest the server's time can have been when the rows were read
+    (an upper bound, :meth:`DentallyClient.server_upper` once the response is in): a row
+    stamped later is stamped in the future, and its snapshot remembers that time. A lower
+    bound here would mark an ordinary record edited a second before it was read, and take
+    away its stale-copy guard. None (no ``Date`` seen): stamps are trusted.
 
     A snapshot that cannot be read back is treated as missing (``unreadable`` hears of it).
     A dictionary learned here is adopted at once but stays pending, and goes with every
@@ -216,6 +219,11 @@ class ResourcePoller:
             return int(self._wall() * 1000) - self.policy.overlap_ms
         return estimate
 
+    def _read_by(self) -> int | None:
+        """Called once a response is in: the latest the server's time can have been when
+        its rows were read (:func:`changes_for_page`)."""
+        return self.client.server_upper()
+
     def _fetcher(self, window: cursor.Window, page: int, bounded: bool,
                  bulk: bool = True) -> Callable[[], Awaitable[Page]]:
         after, before = cursor.query_bounds(window, bounded, self.policy)
@@ -270,9 +278,9 @@ class ResourcePoller:
 
     async def _commit_page(self, rows: list[dict[str, Any]], *, emit_created: bool,
                            progress: cursor.Progress | None,
-                           status: dict[str, str], asked_at: int) -> list[Event]:
-        """Diff ``rows`` (asked for at server time ``asked_at``) against their snapshots
-        and commit the result with ``progress``.
+                           status: dict[str, str], read_by: int | None) -> list[Event]:
+        """Diff ``rows`` (read by server time ``read_by`` at the latest) against their
+        snapshots and commit the result with ``progress``.
 
         If another process stored another dictionary meanwhile, nothing was written: the
         page is diffed again with the stored one."""
@@ -282,7 +290,7 @@ class ResourcePoller:
             olds = await store.snapshots(self.practice, name, [str(r["id"]) for r in rows])
             changes = changes_for_page(self.practice, name, rows, olds, codec,
                                        emit_created=emit_created, now=self._now(),
-                                       server_now=asked_at,
+                                       server_now=read_by,
                                        unreadable=self._unreadable)
             try:
                 await store.commit(self.practice, name, progress=progress,
@@ -326,6 +334,8 @@ class ResourcePoller:
                                   and self.resource.strategy == "incremental")
                         asked_at = self._asked_at()
                         page = await self._fetcher(*key, reader.bounded, not steady)()
+                    # The page is in (a page fetched ahead too): its rows were read by now.
+                    read_by = self._read_by()
                 except PageTooDeep:
                     split = reader.too_deep()
                     if split is None:
@@ -359,7 +369,7 @@ class ResourcePoller:
                     progress=new_progress if persist else None,
                     status=self._progress_status(whole, page) if persist
                     else {"last_page_at": str(self._wall()), **store.sweep_fields(new_progress)},
-                    asked_at=asked_at)
+                    read_by=read_by)
                 published += changes_in(events)
                 if self.heartbeat is not None:
                     self.heartbeat()
@@ -394,7 +404,6 @@ class ResourcePoller:
         published = 0
         synced = (await store.progress(self.practice, name)).synced
         for rid in ids:
-            asked_at = self._asked_at()
             try:
                 record = await self.client.fetch(self.resource, rid)
             except NotFound:
@@ -402,7 +411,7 @@ class ResourcePoller:
                 continue
             events = await self._commit_page(
                 [record], emit_created=self.initial_sync == "emit" or synced, progress=None,
-                status={}, asked_at=asked_at)
+                status={}, read_by=self._read_by())
             published += len(events)
         return published
 
@@ -458,7 +467,6 @@ class ResourcePoller:
         for rid in missing:
             if rid in confirmed:
                 continue
-            asked_at = self._asked_at()
             try:
                 record = await self.client.fetch(self.resource, rid)
             except NotFound:
@@ -466,7 +474,7 @@ class ResourcePoller:
                 gone.append(rid)
                 continue
             events = await self._commit_page([record], emit_created=True, progress=None,
-                                             status={}, asked_at=asked_at)
+                                             status={}, read_by=self._read_by())
             await store.sweep_saw(self.practice, name, [rid])
             published += changes_in(events)
         counts = rules.Deletions(tracked=len(held), missing=len(missing), confirmed=len(gone))

@@ -131,9 +131,12 @@ async def _relearn(redis: Redis, keys: Keys, practice: str, resource: str) -> st
         return "none"
     old = Codec(stored)
     records: dict[str, bytes] = {}
+    seen: dict[str, int | None] = {}
     async for rid, blob in redis.hscan_iter(skey, count=CHUNK):
         try:
-            records[_text(rid)] = old.decode_bytes(blob)
+            # The seen-at time goes with it: a record stamped in the future keeps its
+            # stale-copy exemption (notifier.core.diff).
+            records[_text(rid)], seen[_text(rid)] = old.read(blob)
         except ValueError:
             continue  # unreadable already: treated as missing by the poller anyway
     zdict = learn(list(records.values()))
@@ -146,6 +149,7 @@ async def _relearn(redis: Redis, keys: Keys, practice: str, resource: str) -> st
             p.set(zkey, zdict)
         items = list(records.items())
         for i in range(0, len(items), CHUNK):
-            p.hset(skey, mapping={rid: new.encode(c) for rid, c in items[i:i + CHUNK]})
+            p.hset(skey, mapping={rid: new.encode(c, seen[rid])
+                                  for rid, c in items[i:i + CHUNK]})
         await p.execute()
     return "static" if zdict is None else "relearned"

@@ -140,3 +140,40 @@ def test_a_future_stamp_stays_untrusted_once_real_time_passes_it() -> None:
     (verdict,) = page_diff([edit], [future], emit_created=True, server_now=seen + 6000,
                            seen_at=[seen])
     assert verdict.publish is not None and verdict.publish.kind == "updated"
+
+
+def test_a_record_read_right_after_its_edit_keeps_the_stale_copy_rule() -> None:
+    """Review of item 5: the server-clock estimate is a *lower* bound of the server's time
+    (``Date`` is truncated to the second; the response took a while), so an ordinary
+    record edited 300 ms before it was read looked stamped ahead of it and lost the
+    stale-copy guard. Then B published, an older copy A (lagging replica) published as
+    B->A, and B read again as A->B: one id twice in the stream. A record is marked only
+    when its stamp is later than an *upper* bound of the server's time at the read."""
+    from notifier.core.clock import ServerClock
+    from notifier.core.diff import page_diff
+    from notifier.core.timefmt import format_ms, parse_ms
+
+    t0 = parse_ms(str(BASE["updated_at"]))
+    true_offset = t0 - 1000 + 999          # the server's ms at our mono 1.0 s is t0 + 999
+    latency = 0.05
+    clock = ServerClock()
+    for i in range(8):                      # a response a second, each 50 ms in transit
+        mono = 1.0 + i
+        sent = round((mono - latency) * 1000) + true_offset
+        clock.observe(sent - sent % 1000, mono, latency=latency)
+    mono = 9.0
+    server_ms = round(mono * 1000) + true_offset
+    bound = clock.upper(mono)
+    assert bound is not None and bound >= server_ms
+    b = {**BASE, "email_address": "b@example.com", "updated_at": format_ms(server_ms - 300)}
+    a = {**BASE, "email_address": "a@example.com", "updated_at": format_ms(server_ms - 5000)}
+    (verdict,) = page_diff([b], [a], emit_created=True, server_now=bound)
+    assert verdict.publish is not None and verdict.seen_at is None
+    # A stale copy read 100 ms later is still a stale copy: nothing published.
+    later = clock.upper(mono + 0.1)
+    (stale,) = page_diff([a], [b], emit_created=True, server_now=later, seen_at=[None])
+    assert stale.publish is None and not stale.store
+    # A record stamped clearly ahead (a fast app server, minutes) is still marked.
+    ahead = {**b, "updated_at": format_ms(server_ms + 120_000)}
+    (marked,) = page_diff([ahead], [None], emit_created=True, server_now=bound)
+    assert marked.seen_at == bound

@@ -260,6 +260,30 @@ async def test_an_edit_read_after_real_time_passed_a_future_stamp_is_published(
     await poller.client.aclose()
 
 
+async def test_a_record_confirmed_right_after_its_edit_keeps_the_stale_copy_rule(
+        store: Store, sandbox: SandboxThread, control: SandboxControl) -> None:
+    """Review of item 5: a webhook hint's record is fetched a moment after its edit. The
+    server-clock estimate (a lower bound: ``Date`` has whole seconds) was behind that
+    stamp, so the snapshot was marked stamped in the future and lost the stale-copy guard:
+    an older copy served next (a lagging replica) was published as an update back, and
+    the record read again would have been published a second time under the same id."""
+    ids = await control.seed("patients", 20, spread_days=1)
+    poller = make_poller(store, sandbox, initial_sync="seed")
+    assert await poller.poll_once() == 0
+    old = next(r for r in await control.records("patients") if str(r["id"]) == ids[0])
+    edited = await control.update("patients", ids[0], email_address="new@example.com")
+    assert await poller.confirm([ids[0]]) >= 1          # the update (and what it derives)
+    (blob,) = await store.snapshots("main", "patients", [ids[0]])
+    assert blob is not None and blob[:1] != b"\x04"     # not stamped in the future
+    # The older copy again (as a lagging replica serves it): a stale copy, not a change.
+    await control.update("patients", ids[0], email_address=old["email_address"],
+                         at_ms=parse_ms(old["updated_at"]))
+    assert await poller.confirm([ids[0]]) == 0
+    (event,) = await stream_events(store.redis, store.stream)
+    assert event["data"]["record"]["updated_at"] == edited["updated_at"]
+    await poller.client.aclose()
+
+
 async def test_an_edit_reverted_between_two_polls_publishes_the_new_version(
         store: Store, sandbox: SandboxThread, control: SandboxControl) -> None:
     """Campaign seed 101 (patients/1081): an edit and its revert land while the daemon is
