@@ -9,7 +9,9 @@ otherwise make every later real edit, which carries an older stamp, look stale. 
 with the server's clock *now* is not enough: once real time passes the stamp, an edit made
 before that moment but read after it would still be dropped (a catch-up after downtime;
 campaign seed 202). So a snapshot stamped ahead of the server time it was seen at stores
-that time (``seen_at``; :func:`seen_mark`), and content that differs from it is published
+that time (``seen_at``; :func:`seen_mark`; "ahead" means past an *upper* bound of the
+server's time at the read, or every record read a second after its edit would be marked
+and lose the guard), and content that differs from it is published
 however late it is read. A snapshot without ``seen_at`` was not ahead when seen (or was
 stored by an older version: then the server's clock now is the bound).
 
@@ -76,8 +78,9 @@ def updated_ms(record: Mapping[str, Any]) -> int | None:
 
 
 def seen_mark(record: Mapping[str, Any], seen_at: int | None) -> int | None:
-    """The ``seen_at`` to store with a snapshot of ``record`` read at server time
-    ``seen_at``: that time if the record's stamp is ahead of it, else None (nothing)."""
+    """The ``seen_at`` to store with a snapshot of ``record`` read by server time
+    ``seen_at`` at the latest (an upper bound): that time if the record's stamp is ahead
+    of it, else None (nothing)."""
     stamp = updated_ms(record)
     if seen_at is None or stamp is None or stamp <= seen_at:
         return None
@@ -89,7 +92,8 @@ def diff(old: Mapping[str, Any] | None, new: Mapping[str, Any],
          seen_at: int | None = None) -> tuple[Change | None, bool]:
     """What ``new`` means given the snapshot ``old``.
 
-    ``server_now``: the server's time (ms) as ``new`` was read; ``seen_at``: the server
+    ``server_now``: the latest the server's time (ms) can have been as ``new`` was read
+    (an upper bound; see :func:`page_diff`); ``seen_at``: the server
     time ``old`` was seen at, stored with it when its stamp was ahead of that (then the
     stamp is never trusted). Returns ``(change, store)``: the change to publish (None for
     none) and whether the snapshot must be replaced by ``new`` (the same stamp written
@@ -137,8 +141,10 @@ def page_diff(rows: Sequence[Mapping[str, Any]], olds: Sequence[Mapping[str, Any
               seen_at: Sequence[int | None] | None = None) -> list[Verdict]:
     """A verdict per row against its snapshot (None: none, or one that cannot be read).
 
-    ``server_now``: the server's time as the page was asked for (a lower bound of when its
-    rows were read); ``seen_at``: each snapshot's stored seen-at time, if any.
+    ``server_now``: the latest the server's time can have been when the rows were read (an
+    upper bound, ``ServerClock.upper``: with a lower bound an ordinary record edited a
+    second before it was read would be marked and lose its stale-copy guard);
+    ``seen_at``: each snapshot's stored seen-at time, if any.
     ``emit_created`` False is seed mode: a first sight is stored, not published."""
     seens = [None] * len(olds) if seen_at is None else seen_at
     out = []
