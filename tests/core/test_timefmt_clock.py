@@ -102,3 +102,24 @@ def test_outlier_runs_shorter_than_a_quorum_never_run_ahead(
         now = c.now(t)
         assert now is not None
         assert now <= 10**12 + round(t * 1000) + DRIFT * t * 1000 + MAX_GAIN_MS
+
+
+@given(st.integers(0, 999), st.lists(st.floats(0.0, 0.4), min_size=1, max_size=20),
+       st.booleans())
+def test_upper_is_never_below_the_servers_time(frac: int, latencies: list[float],
+                                                behind: bool) -> None:
+    """``upper`` bounds the server's time from above (a record stamped past it is stamped
+    in the future): every response's ``Date`` truncated, each in transit for up to its
+    round trip, and every third one (a minority) from a node whose clock is 10 s behind."""
+    offset = 1_795_000_000_000 + frac        # server ms = our mono ms + offset
+    clock = ServerClock()
+    mono = 100.0
+    for i, rtt in enumerate(latencies):
+        mono += 1.0 + rtt
+        date = round((mono - rtt / 2) * 1000) + offset - (10_000 if behind and i % 3 == 2 else 0)
+        clock.observe(date - date % 1000, mono, latency=rtt)
+        bound = clock.upper(mono)
+        assert bound is not None and bound >= round(mono * 1000) + offset
+    # ... and not far above it: the slack is 1 s plus the greatest recent round trip.
+    assert bound <= round(mono * 1000) + offset + 1000 + round(max(latencies) * 1000)
+    assert ServerClock().upper(1.0) is None
