@@ -533,6 +533,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"subscribers ({sub.name}).practices: no practice named "
                                  f"{', '.join(map(repr, unknown))} (configured: "
                                  f"{', '.join(sorted(configured))})")
+        self._filters_see_their_fields()
         taken = {s.name for s in self.subscribers}
         for group in self.redis.consumer_groups:
             if group in taken:
@@ -540,6 +541,36 @@ class Settings(BaseSettings):
                                  f"of subscriber {group!r} (each subscriber's name is its "
                                  "group); name your own group differently")
         return self
+
+    def _filters_see_their_fields(self) -> None:
+        """A subscriber filter reads the event as the stream keeps it: a ``sites`` filter
+        on records whose ``site_id`` the stream drops would let every site through, and a
+        ``changed`` field the stream drops would never match."""
+        stream = self.redis.stream_shape()
+        if stream is None:
+            return
+        singular = {r.singular: r.name for r in resources.RESOURCES.values()}
+        for sub in self.subscribers:
+            if sub.sites is not None:
+                for resource, names in known_fields.KNOWN_FIELDS.items():
+                    if "site_id" in names and _stream_drops(stream, resource, "site_id"):
+                        raise ValueError(
+                            f"subscribers ({sub.name}).sites: [redis] stream_fields drops "
+                            f"site_id from {resource}, so this filter could not tell their "
+                            "sites apart; keep site_id in stream_fields")
+            for item in sub.changed or ():
+                kind, _, name = item.partition(".")
+                of = singular.get(kind)
+                if of is not None and _stream_drops(stream, of, name):
+                    raise ValueError(
+                        f"subscribers ({sub.name}).changed: [redis] stream_fields drops "
+                        f"{name} from {of}, so {item!r} could never match; keep it "
+                        "in stream_fields")
+
+
+def _stream_drops(stream: shaping.Shape, resource: str, name: str) -> bool:
+    rule = stream.rule(resource)
+    return rule is not None and not rule.keeps(name)
 
 
 def regions(settings: Settings) -> dict[str, str]:

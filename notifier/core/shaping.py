@@ -147,13 +147,14 @@ def _record_rules(rules: Shape, resource: str, etype: str, data: dict[str, Any]
     if rule is not None and reads is not None:
         # A derived event: not at all when the subscriber may see none of the fields its
         # rule reads; its details only when it may see the field they carry.
-        if not any(rule.keeps(f) for f in reads):
+        # The stream (skip_hidden_updates off) keeps the event, cut like any other.
+        if rules.skip_hidden_updates and not any(rule.keeps(f) for f in reads):
             return Skip("excluded_only")
         for key, source in derive.DETAILS.get(etype, {}).items():
             if not rule.keeps(source):
                 data.pop(key, None)
-        if isinstance(changes, dict) and changes \
-                and not any(rule.keeps(k) for k in changes):
+        if (rules.skip_hidden_updates and isinstance(changes, dict) and changes
+                and not any(rule.keeps(k) for k in changes)):
             return Skip("excluded_only")
     if rule is not None:
         if isinstance(record, dict):

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from http.cookiejar import CookieJar, DefaultCookiePolicy
 from typing import Any
 
 import anyio
@@ -77,6 +78,13 @@ on that host shares them): a poll is one short request, so a few dozen carry a t
 practices, and the sockets stay few whatever the practice count."""
 
 
+def no_cookies() -> CookieJar:
+    """A jar that keeps no cookie: the API authenticates by key alone, and a client is
+    shared by every practice on a host, so a cookie one key was given (a load balancer's
+    stickiness, a session) would go out with the others' keys."""
+    return CookieJar(policy=DefaultCookiePolicy(allowed_domains=[]))
+
+
 class HostPools:
     """One HTTP connection pool per Dentally host, shared by every practice's client.
 
@@ -102,7 +110,8 @@ class HostPools:
             n = self.max_connections
             self._hosts[host] = (httpx.AsyncClient(
                 limits=httpx.Limits(max_connections=n + 8, max_keepalive_connections=n),
-                transport=self._transport(), follow_redirects=False),
+                transport=self._transport(), follow_redirects=False,
+                cookies=no_cookies()),
                 anyio.CapacityLimiter(n))
         return self._hosts[host]
 
@@ -152,7 +161,7 @@ class DentallyClient:
             self._http = httpx.AsyncClient(
                 timeout=self._timeout,
                 limits=httpx.Limits(max_connections=4, max_keepalive_connections=4),
-                transport=transport, follow_redirects=False)
+                transport=transport, follow_redirects=False, cookies=no_cookies())
         else:
             self._http, self._limiter = pools.get(self.base_url)
 

@@ -75,7 +75,7 @@ class Metrics:
                          ["subscriber"], registry=r)
         self.hints = Counter(P + "webhook_hints", "Dentally webhooks received, by outcome "
                              "(accepted, replayed, ignored, unsigned, bad_signature, "
-                             "too_large, unknown_practice)", ["practice", "outcome"],
+                             "too_large, too_slow, unknown_practice)", ["practice", "outcome"],
                              registry=r)
         self.hint_polls = Counter(P + "hint_polls", "Polls a Dentally webhook brought "
                                   "forward", ["practice", "resource"], registry=r)

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import anyio
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
@@ -30,6 +31,9 @@ from notifier.ops.metrics import Metrics
 log = logging.getLogger("notifier.ingest")
 
 WARN_EVERY = 60.0
+BODY_TIMEOUT = 10.0
+"""Seconds a sender gets to deliver its body: a slow-body client must not hold a
+connection slot (256 in all) for ever and starve Dentally's own webhooks."""
 
 Route_ = Callable[[str], Callable[[hints.Hint], None] | None]
 """A practice's name -> where its hints go (None while it is not running)."""
@@ -55,6 +59,7 @@ class Ingest:
         self.route, self.metrics, self._wall = route, metrics, wall
         self.practices: dict[str, _Practice] = {}
         self._warned: dict[str, float] = {}
+        self.body_timeout = BODY_TIMEOUT
         self.configure(cfg, [])
 
     def configure(self, cfg: IngestConfig, practices: list[PracticeConfig]) -> None:
@@ -121,7 +126,12 @@ class Ingest:
             self._warn(name, f"no {self.scheme.header} header", request)
             return JSONResponse({"error": "unsigned"}, status_code=401)
         try:
-            body = await self._body(request)
+            with anyio.move_on_after(self.body_timeout) as deadline:
+                body = await self._body(request)
+            if deadline.cancelled_caught:
+                self._count(name, "too_slow")
+                self._warn(name, f"body not received in {self.body_timeout:g} s", request)
+                return JSONResponse({"error": "body too slow"}, status_code=408)
         except _TooLarge:
             self._count(name, "too_large")
             self._warn(name, f"body over {self.cfg.max_body} bytes", request)

@@ -249,7 +249,12 @@ class Store:
 
     def _shaped(self, event: Event) -> Event:
         body = shape(self.shape or Shape(), event.stream_fields())
-        return event if isinstance(body, Skip) else replace(event, payload=body)
+        if isinstance(body, Skip):
+            # A stream shape has no filters and never skips (skip_hidden_updates is off):
+            # storing the event whole instead would keep exactly what it must not.
+            raise ValueError(f"[redis] stream_fields would skip {event.type} "
+                             f"{event.id} ({body.reason}); it must cut, never skip")
+        return replace(event, payload=body)
 
     async def publish(self, event: Event, dedupe_seconds: int = 7 * 86400) -> bool:
         """Append a ``notifier.*`` event once: its id is remembered for ``dedupe_seconds``,

@@ -220,3 +220,21 @@ def test_derived_archive_reason_only_for_subscribers_that_may_see_it() -> None:
     got = body(rule, e)["data"]
     assert "archived_reason" not in got and "Deceased" not in json.dumps(got)
     assert body(Shape(payload="thin"), e)["data"]["cause"]
+
+
+@pytest.mark.parametrize(("stream_fields", "filters", "message"), [
+    ({"patients": ["id", "updated_at"]}, {"sites": ["S1"]},
+     r"\(crm\).sites: \[redis\] stream_fields drops site_id from patients"),
+    ({"*": ["id", "site_id"], "appointments": ["id", "state"]}, {"sites": ["S1"]},
+     r"\(crm\).sites: \[redis\] stream_fields drops site_id from appointments"),
+    ({"appointments": ["id", "site_id"]}, {"changed": ["appointment.state"]},
+     r"\(crm\).changed: \[redis\] stream_fields drops state from appointments"),
+])
+def test_a_filter_on_a_field_the_stream_drops_is_a_config_error(
+        stream_fields: dict[str, list[str]], filters: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        config.parse({"redis": {"stream_fields": stream_fields},
+                      "subscribers": [sub(**filters)]})
+    # Kept in the stream, the same filters are fine.
+    config.parse({"redis": {"stream_fields": {"*": ["id", "site_id", "state"]}},
+                  "subscribers": [sub(**filters)]})

@@ -95,3 +95,25 @@ async def test_requests_in_flight_to_a_host_are_bounded_and_cancelling_one_frees
         release.set()
     assert peak == 3 and done == 7
     await pools.aclose()
+
+
+async def test_a_cookie_one_practice_is_given_never_goes_out_with_another_practices_key(
+        ) -> None:
+    """Practices share a host's client; a Set-Cookie (a load balancer's stickiness, a
+    session) must not cross from one practice's key to another's, nor be kept at all."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        reply = page_reply(request)
+        reply.headers["set-cookie"] = "session=practice-a-secret; Path=/"
+        return reply
+
+    pools = HostPools(transport=lambda: httpx.MockTransport(handler))
+    a = DentallyClient("https://api.example.test", "key-a", pools=pools)
+    b = DentallyClient("https://api.example.test", "key-b", pools=pools)
+    await a.page(resources.get("patients"), page=1, per_page=100)
+    await b.page(resources.get("patients"), page=1, per_page=100)
+    await a.page(resources.get("patients"), page=1, per_page=100)
+    assert [r.headers.get("cookie") for r in seen] == [None, None, None]
+    await pools.aclose()

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import pytest
 
@@ -183,3 +184,20 @@ async def test_a_reload_takes_the_new_secret_and_keeps_the_replay_memory() -> No
         w.ingest.configure(IngestConfig(), [practice(webhook_secret=None)])
         assert (await c.post(URL, content=raw, headers=again)).status_code == 404
     assert len(w.got) == 1
+
+
+async def test_a_body_that_trickles_is_cut_off_and_hands_nothing_on(
+        world: World, http: httpx.AsyncClient) -> None:
+    """256 slow-body connections would hold every slot of the endpoint: a body gets
+    ``body_timeout`` to arrive."""
+    raw, headers = signed({"object": "patient", "data": {"id": 5}})
+    world.ingest.body_timeout = 0.2
+
+    async def trickle() -> AsyncIterator[bytes]:
+        for byte in raw:
+            yield bytes([byte])
+            await anyio.sleep(0.05)
+    t0 = time.perf_counter()
+    r = await http.post(URL, content=trickle(), headers=headers)
+    assert r.status_code == 408 and time.perf_counter() - t0 < 2
+    assert world.got == [] and world.count("too_slow") == 1

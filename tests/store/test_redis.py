@@ -15,7 +15,8 @@ from redis.exceptions import ResponseError
 
 from notifier.config import RedisConfig
 from notifier.core.cursor import Progress, Window
-from notifier.events import record_event
+from notifier.core.derive import derive
+from notifier.events import canonical, derived_event, record_event
 from notifier.store.keys import Keys
 from notifier.store.redis import DictionaryConflict, Store
 from tests.conftest import Namespace
@@ -122,3 +123,31 @@ async def test_stream_fields_cut_records_down_before_the_stream(
         assert b"nhs_number" not in f[b"payload"] and b"485 777" not in f[b"payload"]
     assert json.loads(entries[1][1][b"payload"])["data"]["changes"] == {}
     assert await store.snapshots("main", "patients", ["1"]) == [b"whole"]
+
+
+async def test_stream_fields_cut_derived_events_too_never_keep_them_whole(
+        redis: Redis, ns: Namespace) -> None:
+    """A derived event whose rule reads only fields the stream drops (an email change ->
+    patient.contact_changed, with stream_fields keeping no contact field) is cut like any
+    other, not stored whole."""
+    shape = RedisConfig(stream_fields={"patients": ["id", "updated_at"]}).stream_shape()
+    store = Store(redis, Keys(ns.prefix), ns.stream, shape=shape)
+    old = {"id": 1, "email_address": "a@example.com", "nhs_number": "485 777 3456",
+           "active": True, "updated_at": "2026-11-27T10:00:00Z"}
+    new = {**old, "email_address": "b@example.com", "active": False,
+           "updated_at": "2026-11-27T10:01:00Z"}
+    cause = record_event("main", "patients", "updated", new, T,
+                         {"email_address": ["a@example.com", "b@example.com"],
+                          "active": [True, False]})
+    derived = [derived_event(cause, d, new, "2026-11-27T10:01:00.000000Z", canonical(new))
+               for d in derive("patients", old, new)]
+    assert {e.type for e in derived} >= {"patient.contact_changed", "patient.archived"}
+    await store.commit("main", "patients", progress=None, snapshots={"1": b"whole"},
+                       events=[cause, *derived])
+    entries = await redis.xrange(ns.stream)
+    assert [f[b"type"].decode() for _, f in entries] == [e.type for e in [cause, *derived]]
+    for _, f in entries:
+        body = f[b"payload"]
+        for secret in (b"nhs_number", b"485 777", b"example.com"):
+            assert secret not in body, (f[b"type"], body)
+        assert set(json.loads(body)["data"]["record"]) <= {"id", "updated_at"}
