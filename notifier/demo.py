@@ -23,7 +23,7 @@ from functools import partial
 import anyio
 from redis.asyncio import Redis
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
@@ -57,10 +57,17 @@ def receiver_app(secret: str, path: str = "/hook") -> Starlette:
     event (the demo's, and the sandbox's ``/_sandbox/webhook``)."""
 
     async def hook(request: Request) -> Response:
-        body = await request.body()
+        try:
+            body = await request.body()
+        except ClientDisconnect:  # the demo stopping while a delivery was in flight
+            return Response(status_code=400)
         headers = {k.lower(): v for k, v in request.headers.items()}
         ok = signing.verify([secret], headers, body, time.time())
-        event = json.loads(body)
+        try:
+            event = json.loads(body)
+        except ValueError:
+            print(f"  webhook  not JSON ({len(body)} bytes)", flush=True)
+            return Response(status_code=400)
         mark = "signature ok" if ok else "BAD SIGNATURE"
         print(f"  webhook  {describe(event)}  [{mark}]{_latency(event)}", flush=True)
         return Response(status_code=204 if ok else 400)
