@@ -137,3 +137,21 @@ async def test_a_sweep_interrupted_by_a_restart_continues_where_it_was(
     assert not await store.redis.exists(store.keys.sweep("main", "patients"))
     for p in (first, second, full):
         await p.client.aclose()
+
+
+async def test_a_sweep_lists_cancelled_appointments_and_fetches_none_alone(
+        store: Store, sandbox: SandboxThread, control: SandboxControl) -> None:
+    """Cancelled and did-not-attend appointments are listed (``cancelled=true``), so a
+    sweep sees them and has no id left to fetch on its own (the 404 rule)."""
+    ids = await control.seed("appointments", 120, spread_days=10)
+    poller = make_poller(store, sandbox, resource="appointments", initial_sync="seed")
+    await poller.poll_once()
+    for n, rid in enumerate(ids[:40]):
+        await control.update("appointments", rid,
+                             state="Cancelled" if n % 2 else "Did not attend")
+    await poller.poll_once()
+    start = (await control.ledger())["requests_seq"]
+    assert await poller.reconcile() == (0, 0)
+    paths = [r["path"] for r in (await control.ledger(requests_since=start))["requests"]]
+    assert paths and all(p.endswith("/appointments") for p in paths), paths
+    await poller.client.aclose()
