@@ -155,3 +155,30 @@ async def test_a_sweep_lists_cancelled_appointments_and_fetches_none_alone(
     paths = [r["path"] for r in (await control.ledger(requests_since=start))["requests"]]
     assert paths and all(p.endswith("/appointments") for p in paths), paths
     await poller.client.aclose()
+
+
+async def test_a_sweeps_single_fetches_yield_to_the_polls_and_continue(
+        store: Store, sandbox: SandboxThread, control: SandboxControl) -> None:
+    """The 30-minute soak's sweeps fetched thousands of ids one by one and held the polls
+    meanwhile. A pass stops fetching after ``sweep_fetch_seconds`` (here at once: one id
+    per pass); the next pass continues with the ids left, asks for none twice, and only
+    the pass that settles the last one publishes the deletions."""
+    ids = await control.seed("patients", 200, spread_days=30)
+    poller = make_poller(store, sandbox, initial_sync="seed")
+    await poller.poll_once()
+    for rid in ids[10:15]:
+        await control.delete("patients", rid)
+    poller.sweep_fetch_seconds = 0.0
+    start = (await control.ledger())["requests_seq"]
+    for _ in range(4):
+        assert await poller.reconcile() == (0, 0)
+        assert await poller.sweep_requested()
+        assert await stream_events(store.redis, store.stream) == []
+    assert await poller.reconcile() == (5, 0)
+    assert not await poller.sweep_requested()
+    paths = [r["path"] for r in (await control.ledger(requests_since=start))["requests"]]
+    singles = [p for p in paths if not p.endswith("/patients")]
+    assert sorted(p.rpartition("/")[2] for p in singles) == sorted(ids[10:15])
+    events = await stream_events(store.redis, store.stream)
+    assert sorted(e["data"]["record_id"] for e in events) == sorted(ids[10:15])
+    await poller.client.aclose()
