@@ -175,6 +175,10 @@ class ResourcePoller:
         self.seen: set[str] | None = None
         """When a set, every id a poll reads is added to it (hinted ids it did not show
         are then fetched one by one: :meth:`confirm`)."""
+        self.sweep_fetch_seconds: float | None = None
+        """How long one pass of a sweep may spend fetching ids one by one (the 404 rule)
+        before it returns, so that the loop polls again; the next pass continues with the
+        ids left (each answer is kept). None: no limit (one pass finishes the sweep)."""
         self._first_sync: list[Any] | None = None
         self._unreadable_logged: set[str] = set()
         self._extra = {"practice": practice, "resource": resource.name}
@@ -462,11 +466,18 @@ class ResourcePoller:
         held = [rid async for rid in store.held_ids(self.practice, name)]
         missing = [rid for rid in held if rid not in seen]
         gone = [rid for rid in missing if rid in confirmed]
-        # One request per id: each answer is kept, so that a restart or an error (the loop
-        # tries again soon) does not ask again for the ids already settled.
-        for rid in missing:
-            if rid in confirmed:
-                continue
+        # One request per id: each answer is kept, so that a restart, an error (the loop
+        # tries again soon) or the end of this pass's time does not ask again for the ids
+        # already settled. A table's worth of them must not hold the polls for minutes.
+        until = (None if self.sweep_fetch_seconds is None
+                 else anyio.current_time() + self.sweep_fetch_seconds)
+        unsettled = [rid for rid in missing if rid not in confirmed]
+        for n, rid in enumerate(unsettled):
+            if until is not None and n and anyio.current_time() >= until:
+                log.info("sweep: %d of %s left to fetch; continuing after the next poll",
+                         len(unsettled) - n, plural(len(unsettled), "id"),
+                         extra=self._extra)
+                return 0, published
             try:
                 record = await self.client.fetch(self.resource, rid)
             except NotFound:

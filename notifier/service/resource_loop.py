@@ -42,6 +42,7 @@ log = logging.getLogger("notifier.practice")
 BUG_BACKOFF_BASE = 5.0      # an unexpected error is retried after 5 s, 10 s, ... 10 min
 BUG_BACKOFF_CAP = 600.0
 PAUSED_RECHECK = 1.0        # a refused request (key stopped): look again this soon
+SWEEP_FETCH_SECONDS = 2.0   # a sweep's one-by-one fetches per pass; then the loop polls again
 MAX_HINTED_IDS = 100        # ids kept for fetching between polls; past it the sweep finds them
 
 
@@ -133,6 +134,7 @@ class ResourceLoop:
         poller = ResourcePoller(self.store, self.client, cfg.name, resources.get(name),
                                 policy_for(cfg), initial_sync=cfg.initial_sync,
                                 max_delete_fraction=cfg.max_delete_fraction)
+        poller.sweep_fetch_seconds = SWEEP_FETCH_SECONDS
         interval = self.interval
         with contextlib.suppress(RedisError):
             await self.store.note(cfg.name, name, interval=str(interval),

@@ -54,10 +54,15 @@ def _quirk(kind: str, name: str, value: Callable[[Campaign, random.Random], obje
 
 
 def _between_pages(c: Campaign, r: random.Random) -> list[dict[str, object]]:
-    """Rows the client has just read deleted, and new ones created, before its next page."""
-    return [{"resource": r.choice(c.resources), "after_page": r.randint(1, 3),
-             "delete": r.randint(0, 2), "create": r.randint(0, 2)}
-            for _ in range(r.randint(1, 4))]
+    """Rows the client has just read deleted, and new ones created, before its next page
+    (none created in a table at the workload's row bound)."""
+    hooks: list[dict[str, object]] = []
+    for _ in range(r.randint(1, 4)):
+        resource, after_page = r.choice(c.resources), r.randint(1, 3)
+        delete, create = r.randint(0, 2), r.randint(0, 2)
+        hooks.append({"resource": resource, "after_page": after_page, "delete": delete,
+                      "create": 0 if c.workload.at_bound(resource) else create})
+    return hooks
 
 
 def _bad_node(c: Campaign, r: random.Random) -> list[int]:

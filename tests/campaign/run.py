@@ -168,6 +168,19 @@ class Workload:
         self.shared = False
         self.churn = False
         self.running = True
+        self._adopted_at = 0.0
+
+    def at_bound(self, resource: str) -> bool:
+        """Whether ``resource`` holds ``max_rows`` live rows: every writer that creates rows
+        (the steady pace, the shared-stamp and churn faults, writes between pages) stops
+        creating there, so a long run's tables stay the size its sweeps are sized for."""
+        return bool(self.max_rows) and len(self.live[resource]) >= self.max_rows
+
+    async def adopt(self) -> None:
+        """Take the sandbox's own rows as live: rows it created between page reads are
+        deleted and edited like the workload's own, and counted against the bound."""
+        for resource in RESOURCES:
+            self.live[resource] = [str(r["id"]) for r in await self.control.records(resource)]
 
     async def _now_ms(self) -> int:
         return int((await self.control.clock())["now_ms"])
@@ -179,10 +192,13 @@ class Workload:
         if self.shared and ids:
             # Several rows written with one updated_at: creations and edits alike.
             at = await self._now_ms()
-            made = await c._call("POST", f"/records/{resource}",
-                                 {"records": [{} for _ in range(rng.randint(1, 4))],
-                                  "at_ms": at})
-            ids.extend(made["ids"])
+            if self.at_bound(resource):
+                await c.delete(resource, ids.pop(rng.randrange(len(ids))))
+            else:
+                made = await c._call("POST", f"/records/{resource}",
+                                     {"records": [{} for _ in range(rng.randint(1, 4))],
+                                      "at_ms": at})
+                ids.extend(made["ids"])
             for rid in rng.sample(ids, min(len(ids), rng.randint(2, 6))):
                 await c._call("PATCH", f"/records/{resource}/{rid}", {"at_ms": at})
             return
@@ -190,7 +206,8 @@ class Workload:
             for _ in range(rng.randint(1, 3)):
                 rid = ids.pop(rng.randrange(len(ids)))
                 await c.delete(resource, rid)
-                ids.append(str((await c.create(resource))["id"]))
+                if not self.at_bound(resource):
+                    ids.append(str((await c.create(resource))["id"]))
             return
         roll = rng.random()
         if self.max_rows and len(ids) >= self.max_rows and 0.04 <= roll < 0.2:
@@ -208,6 +225,9 @@ class Workload:
     async def run(self) -> None:
         while self.running:
             try:
+                if self.max_rows and time.monotonic() - self._adopted_at > 5.0:
+                    self._adopted_at = time.monotonic()
+                    await self.adopt()
                 await self.step()
             except httpx.HTTPStatusError as exc:
                 # A record the sandbox itself deleted (a write between page reads).

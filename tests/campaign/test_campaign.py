@@ -6,11 +6,15 @@ safety rule of the daemon, removed, makes the campaign fail.
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
+from notifier.sandbox.control import SandboxControl
+from notifier.sandbox.server import SandboxThread
 from tests.campaign import checker
 from tests.campaign.checker import Evidence, FaultRecord, Limits, Receipt, Subscriber
-from tests.campaign.run import Options, campaign
+from tests.campaign.run import RESOURCES, Options, Workload, campaign
 
 # 101 runs in `make test`; the others with the slow tests (CI runs them: see .ci/run).
 # 202 and 4 are regressions: with daemon.sighup, 202 left 4-6 events per group pending and
@@ -129,3 +133,25 @@ def test_checker_validates_every_event_against_the_schema() -> None:
     found = checker.check_schema(evidence([], [real[1], real[0], {**real[0], "version": 0}]))
     assert [v.check for v in found] == ["schema", "schema"]
     assert "cause" in found[0].detail and "version" in found[1].detail
+
+
+async def test_the_row_bound_holds_under_every_fault_that_creates_rows(
+        sandbox: SandboxThread, control: SandboxControl) -> None:
+    """The 30-minute soak's tables grew to ~3,000 rows against a bound of 300: the shared-
+    stamp fault created rows past it, and rows the sandbox created between page reads were
+    never counted. Every writer stops creating at the bound, and the sandbox's rows count."""
+    bound = 30
+    workload = Workload(control, random.Random(2026), max_rows=bound)
+    for resource in RESOURCES:
+        await control.seed(resource, bound)
+        await control.create(resource)   # a row the sandbox made on its own
+    await workload.adopt()
+    assert all(len(workload.live[r]) == bound + 1 for r in RESOURCES)
+    workload.shared = True
+    for _ in range(40):
+        await workload.step()
+    workload.shared, workload.churn = False, True
+    for _ in range(20):
+        await workload.step()
+    for resource in RESOURCES:
+        assert len(await control.records(resource)) <= bound + 1

@@ -137,3 +137,48 @@ async def test_a_sweep_interrupted_by_a_restart_continues_where_it_was(
     assert not await store.redis.exists(store.keys.sweep("main", "patients"))
     for p in (first, second, full):
         await p.client.aclose()
+
+
+async def test_a_sweep_lists_cancelled_appointments_and_fetches_none_alone(
+        store: Store, sandbox: SandboxThread, control: SandboxControl) -> None:
+    """Cancelled and did-not-attend appointments are listed (``cancelled=true``), so a
+    sweep sees them and has no id left to fetch on its own (the 404 rule)."""
+    ids = await control.seed("appointments", 120, spread_days=10)
+    poller = make_poller(store, sandbox, resource="appointments", initial_sync="seed")
+    await poller.poll_once()
+    for n, rid in enumerate(ids[:40]):
+        await control.update("appointments", rid,
+                             state="Cancelled" if n % 2 else "Did not attend")
+    await poller.poll_once()
+    start = (await control.ledger())["requests_seq"]
+    assert await poller.reconcile() == (0, 0)
+    paths = [r["path"] for r in (await control.ledger(requests_since=start))["requests"]]
+    assert paths and all(p.endswith("/appointments") for p in paths), paths
+    await poller.client.aclose()
+
+
+async def test_a_sweeps_single_fetches_yield_to_the_polls_and_continue(
+        store: Store, sandbox: SandboxThread, control: SandboxControl) -> None:
+    """The 30-minute soak's sweeps fetched thousands of ids one by one and held the polls
+    meanwhile. A pass stops fetching after ``sweep_fetch_seconds`` (here at once: one id
+    per pass); the next pass continues with the ids left, asks for none twice, and only
+    the pass that settles the last one publishes the deletions."""
+    ids = await control.seed("patients", 200, spread_days=30)
+    poller = make_poller(store, sandbox, initial_sync="seed")
+    await poller.poll_once()
+    for rid in ids[10:15]:
+        await control.delete("patients", rid)
+    poller.sweep_fetch_seconds = 0.0
+    start = (await control.ledger())["requests_seq"]
+    for _ in range(4):
+        assert await poller.reconcile() == (0, 0)
+        assert await poller.sweep_requested()
+        assert await stream_events(store.redis, store.stream) == []
+    assert await poller.reconcile() == (5, 0)
+    assert not await poller.sweep_requested()
+    paths = [r["path"] for r in (await control.ledger(requests_since=start))["requests"]]
+    singles = [p for p in paths if not p.endswith("/patients")]
+    assert sorted(p.rpartition("/")[2] for p in singles) == sorted(ids[10:15])
+    events = await stream_events(store.redis, store.stream)
+    assert sorted(e["data"]["record_id"] for e in events) == sorted(ids[10:15])
+    await poller.client.aclose()
