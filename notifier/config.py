@@ -336,7 +336,7 @@ class SubscriberConfig(_Strict):
             return value
         if not value:
             raise ValueError("an empty list would deliver no update at all; leave it out")
-        singular = {r.singular: r.name for r in resources.RESOURCES.values()}
+        singular = resources.BY_SINGULAR
         for item in value:
             kind, dot, name = item.partition(".")
             if not dot or kind not in singular:
@@ -404,7 +404,7 @@ class SubscriberConfig(_Strict):
 
     def shape(self, regions: Mapping[str, str] | None = None) -> shaping.Shape:
         """This subscriber's delivery rules (``regions``: practice -> region)."""
-        singular = {r.singular: r.name for r in resources.RESOURCES.values()}
+        singular = resources.BY_SINGULAR
         changed: dict[str, set[str]] | None = None
         if self.changed is not None:
             changed = {}
@@ -549,7 +549,7 @@ class Settings(BaseSettings):
         stream = self.redis.stream_shape()
         if stream is None:
             return
-        singular = {r.singular: r.name for r in resources.RESOURCES.values()}
+        singular = resources.BY_SINGULAR
         for sub in self.subscribers:
             if sub.sites is not None:
                 for resource, names in known_fields.KNOWN_FIELDS.items():

@@ -32,7 +32,6 @@ ACTIONS = {"created": "created", "create": "created", "updated": "updated",
            "update": "updated", "deleted": "deleted", "delete": "deleted",
            "destroyed": "deleted", "destroy": "deleted", "removed": "deleted"}
 
-_SINGULAR = {r.singular: r.name for r in resources.RESOURCES.values()}
 _ID_KEYS = ("id", "record_id", "object_id", "resource_id")
 
 
@@ -61,7 +60,7 @@ def resource_named(word: str) -> str | None:
     w = _snake(word)
     if w in resources.RESOURCES:
         return w
-    return _SINGULAR.get(w)
+    return resources.BY_SINGULAR.get(w)
 
 
 def _split_event(event: str) -> tuple[str | None, str | None]:

@@ -74,6 +74,9 @@ RESOURCES: dict[str, Resource] = {
     )
 }
 
+BY_SINGULAR: dict[str, str] = {r.singular: r.name for r in RESOURCES.values()}
+"""``patient`` -> ``patients``: event types and subscriber rules name a resource so."""
+
 DEFAULT_RESOURCES: tuple[str, ...] = ("patients", "appointments", "invoices", "payments")
 
 
