@@ -16,7 +16,6 @@ from redis.asyncio import Redis
 from notifier.ops.embedded import redis_server
 from notifier.sandbox.control import SandboxControl
 from notifier.sandbox.server import SandboxThread
-from notifier.store.connection import delete_prefix
 from notifier.store.keys import Keys
 from notifier.store.redis import Store
 from tests.integration.daemon import Daemon, write_config
@@ -58,11 +57,11 @@ def ns(redis_url: str) -> Iterator[Namespace]:
 
 @pytest.fixture
 async def redis(redis_url: str, ns: Namespace) -> AsyncIterator[Redis]:
+    """A client; ``ns`` deletes what the test wrote, after every other fixture."""
     client = Redis.from_url(redis_url)
     try:
         yield client
     finally:
-        await delete_prefix(client, ns.prefix)
         await client.aclose()
 
 
